@@ -1,0 +1,62 @@
+"""Describe a checkpoint without building the model: layout, key config, parameter count, fingerprint."""
+from __future__ import annotations
+
+import json
+from math import prod
+from pathlib import Path
+
+from pmg_models import checkpoint
+from pmg_models.checkpoint import CheckpointError
+
+_KEY_FIELDS = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "intermediate_size", "vocab_size", "max_position_embeddings",
+               "torch_dtype", "dtype", "block_out_channels", "cross_attention_dim", "sample_size",
+               "prediction_type", "_class_name", "projection_dim")
+
+
+def describe(path: Path) -> dict:
+    """A JSON-able summary of an HF Llama/CLIP dir, a diffusers SD dir, or a directory of components."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if (path / "model_index.json").exists():
+        return _diffusers(path)
+    if (path / "config.json").exists():
+        return _component(path)
+    raise CheckpointError(f"{path} is neither a Hugging Face model directory (config.json) "
+                          "nor a diffusers pipeline directory (model_index.json)")
+
+
+def _component(path: Path) -> dict:
+    config = json.loads((path / "config.json").read_text())
+    stem = "diffusion_pytorch_model" if "_class_name" in config else "model"
+    files = checkpoint.weight_files(path, stem)
+    params, dtypes = _count(files)
+    return {"path": str(path), "kind": config.get("model_type") or config.get("_class_name"),
+            "config": {k: config[k] for k in _KEY_FIELDS if k in config},
+            "parameters": params, "weight_dtypes": dtypes, "fingerprint": checkpoint.fingerprint(path)}
+
+
+def _diffusers(path: Path) -> dict:
+    index = json.loads((path / "model_index.json").read_text())
+    parts = {}
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or not (path / name / "config.json").exists():
+            continue
+        if name in ("scheduler", "tokenizer", "feature_extractor"):
+            continue
+        parts[name] = _component(path / name)
+    return {"path": str(path), "kind": index.get("_class_name"),
+            "components": {k: {kk: v[kk] for kk in ("kind", "config", "parameters")} for k, v in parts.items()},
+            "parameters": sum(p["parameters"] for p in parts.values()),
+            "fingerprint": checkpoint.fingerprint(path)}
+
+
+def _count(files) -> tuple[int, dict]:
+    total, dtypes = 0, {}
+    for f in files:
+        for info in checkpoint.read_header(f).values():
+            n = prod(info["shape"])
+            total += n
+            dtypes[info["dtype"]] = dtypes.get(info["dtype"], 0) + n
+    return total, dtypes

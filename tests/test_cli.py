@@ -1,0 +1,36 @@
+"""The `pmg` command line: fast start-up, one-sentence errors, no tracebacks unless --debug."""
+import subprocess
+import sys
+
+from flows import cli
+
+
+def _pmg(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "flows", *args], capture_output=True, text=True, **kw)
+
+
+def test_building_the_parser_imports_no_heavy_library():
+    code = ("import sys, flows.cli as c; c.build_parser(); "
+            "heavy = [m for m in ('mindspore', 'prefect', 'torch', 'duckdb') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_user_error_is_one_sentence_without_traceback(tmp_path):
+    out = _pmg("models", "info", str(tmp_path / "missing"))
+    assert out.returncode == 1
+    assert out.stderr.startswith("pmg: error: ") and "does not exist" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    out = _pmg("--debug", "models", "info", str(tmp_path / "missing"))
+    assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def test_every_contract_command_is_registered():
+    parser = cli.build_parser()
+    commands = set(parser._subparsers._group_actions[0].choices)
+    for name in ("models",):
+        assert name in commands
