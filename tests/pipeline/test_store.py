@@ -1,20 +1,16 @@
 """Image store, staging parts, the work ledger and the exactly-once chunk commit (no models)."""
-from pathlib import Path
-
 import duckdb
 import numpy as np
 import pytest
 
 from warehouse import images, ledger, staging
-
-SCHEMA = Path(__file__).resolve().parents[2] / "warehouse" / "schema"
+from warehouse.migrate import apply_migrations
 
 
 @pytest.fixture
 def con(tmp_path):
     c = duckdb.connect(str(tmp_path / "w.duckdb"))
-    for f in sorted(SCHEMA.glob("1[0-9][0-9]_*.sql")):
-        c.execute(f.read_text())
+    apply_migrations(c)
     yield c
     c.close()
 

@@ -2,18 +2,12 @@
 -- Idempotent DDL. One row per natural key is kept by the pipeline's commit (delete + insert in one
 -- transaction); earlier values stay traceable through run_id -> runs.
 
-CREATE TABLE IF NOT EXISTS runs (
-    run_id          VARCHAR,      -- e.g. backfill-20261125T161500-3f2a
-    flow            VARCHAR,      -- backfill | nightly | demo
-    status          VARCHAR,      -- running | completed | failed | crashed
-    parameters      JSON,         -- every flow parameter
-    checkpoints     JSON,         -- {"llm": fingerprint, "sd": ..., "clip": ...}
-    prompt_version  VARCHAR,
-    code_version    VARCHAR,      -- git sha or package version
-    started_at      TIMESTAMP,
-    finished_at     TIMESTAMP,
-    counts          JSON          -- per stage: processed / skipped / failed
-);
+-- runs is created by 001_core (run_id, flow, status, parameters, started_at, finished_at);
+-- the pipeline adds its lineage columns.
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS checkpoints JSON;       -- {"llm": fingerprint, "sd": ..., "clip": ...}
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS prompt_version VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS code_version VARCHAR;    -- git sha or package version
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS counts JSON;             -- per stage: processed / skipped / failed
 
 -- What is done is decided here, never by Prefect's database.
 CREATE TABLE IF NOT EXISTS work_ledger (
