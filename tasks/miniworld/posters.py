@@ -1,0 +1,219 @@
+"""Procedural poster renderer for the miniature world (NumPy + Pillow, deterministic per seed).
+
+Drawn at 128², BOX-downsampled to the output size, as in the feasibility study
+(../shared/reference/miniworld.md §1.1): a vertical background gradient (brightness 0.8–1.15 at each
+end), the motif in the accent colour with random count/size/phase/position, the title band, and
+pixel noise σ=4. Composition rule (world.py): palette from the first block, motif and accent from
+the last block, title band from the target-only attribute.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from tasks.miniworld import world
+
+CANVAS = 128
+NOISE_SIGMA = 4.0
+
+
+def _rng(seed: int) -> np.random.Generator:
+    # Same generator as pmg_models.runtime.host_rng, without importing MindSpore into a renderer.
+    return np.random.Generator(np.random.PCG64(int(seed)))
+
+
+def poster_seed(movie_id: int, seed: int = 0) -> int:
+    """The render seed of one movie's poster: independent streams per (seed, movie id)."""
+    return int(np.random.SeedSequence([int(seed), int(movie_id)]).generate_state(1, np.uint64)[0])
+
+
+def _gradient(rgb, rng) -> Image.Image:
+    top, bottom = rng.uniform(0.8, 1.15, 2)
+    factor = np.linspace(top, bottom, CANVAS, dtype=np.float32)[:, None, None]
+    pixels = np.clip(np.asarray(rgb, np.float32)[None, None, :] * factor, 0, 255)
+    return Image.fromarray(np.broadcast_to(pixels, (CANVAS, CANVAS, 3)).astype(np.uint8))
+
+
+def _circles(draw, colour, rng):
+    for _ in range(rng.integers(3, 8)):
+        r = rng.uniform(8, 20)
+        x, y = rng.uniform(0, CANVAS, 2)
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+
+
+def _stripes(draw, colour, rng):
+    period = rng.uniform(14, 24)
+    width = period * rng.uniform(0.35, 0.55)
+    for y in np.arange(rng.uniform(0, period) - period, CANVAS, period):
+        draw.rectangle([0, y, CANVAS, y + width], fill=colour)
+
+
+def _triangles(draw, colour, rng):
+    for _ in range(rng.integers(3, 7)):
+        s = rng.uniform(14, 30)
+        x, y = rng.uniform(0, CANVAS, 2)
+        draw.polygon([(x, y - s), (x - 0.8 * s, y + 0.6 * s), (x + 0.8 * s, y + 0.6 * s)], fill=colour)
+
+
+def _stars(draw, colour, rng):
+    for _ in range(rng.integers(3, 8)):
+        r = rng.uniform(8, 18)
+        x, y = rng.uniform(0, CANVAS, 2)
+        turn = rng.uniform(-0.3, 0.3) - np.pi / 2
+        angles = turn + np.arange(10) * np.pi / 5
+        radii = np.where(np.arange(10) % 2 == 0, r, 0.42 * r)
+        draw.polygon(list(zip(x + radii * np.cos(angles), y + radii * np.sin(angles))), fill=colour)
+
+
+def _grid(draw, colour, rng):
+    period = rng.uniform(16, 26)
+    width = rng.uniform(3, 5.5)
+    px, py = rng.uniform(0, period, 2)
+    for c in np.arange(px - period, CANVAS, period):
+        draw.rectangle([c, 0, c + width, CANVAS], fill=colour)
+    for c in np.arange(py - period, CANVAS, period):
+        draw.rectangle([0, c, CANVAS, c + width], fill=colour)
+
+
+def _diagonal(draw, colour, rng):
+    period = rng.uniform(14, 22)
+    # Line width is measured across the line, so 0.25–0.35 of the horizontal period covers ~35–50 %.
+    width = int(round(period * rng.uniform(0.25, 0.35)))
+    for c in np.arange(rng.uniform(0, period) - CANVAS - period, CANVAS + period, period):
+        draw.line([(c, -8), (c + CANVAS + 16, CANVAS + 8)], fill=colour, width=width)
+
+
+_MOTIF_DRAWERS = {"circles": _circles, "stripes": _stripes, "triangles": _triangles,
+                  "stars": _stars, "grid": _grid, "diagonal": _diagonal}
+assert tuple(_MOTIF_DRAWERS) == world.MOTIFS
+
+
+def _band(draw, attribute: world.MovieAttribute, rng):
+    """A title band with light/dark "text" dashes, inset from the edges."""
+    height = rng.uniform(20, 26)
+    margin = rng.uniform(4, 10)
+    top = margin if attribute.position == "top" else CANVAS - margin - height
+    left, right = rng.uniform(6, 14), CANVAS - rng.uniform(6, 14)
+    draw.rectangle([left, top, right, top + height], fill=attribute.rgb)
+    x, y0 = left + 6, top + height * 0.35
+    while x < right - 14:
+        w = rng.uniform(5, 12)
+        draw.rectangle([x, y0, x + w, y0 + height * 0.3], fill=attribute.text_rgb)
+        x += w + rng.uniform(3, 6)
+
+
+def render(genres_blocks: Sequence, movie_attr: world.MovieAttribute | None, seed: int, size: int = 32) -> np.ndarray:
+    """One poster as uint8 [size, size, 3].
+
+    Args:
+        genres_blocks: blocks as genre tokens ("Comedy") or keyword lists (["comedy", ...]); the first
+            gives the background palette, the last the motif and accent colour.
+        movie_attr: the target's title band, or None for a poster without one.
+        seed: same seed ⇒ identical pixels.
+        size: output side; 128 must be a multiple of it for an exact BOX downsample.
+    """
+    if not len(genres_blocks):
+        raise ValueError("a poster needs at least one genre block")
+    first = world.STYLES[world.genre_of(genres_blocks[0])]
+    last = world.STYLES[world.genre_of(genres_blocks[-1])]
+    rng = _rng(seed)
+    image = _gradient(first.background_rgb, rng)
+    draw = ImageDraw.Draw(image)
+    _MOTIF_DRAWERS[last.motif](draw, last.accent_rgb, rng)
+    if movie_attr is not None:
+        _band(draw, movie_attr, rng)
+    if size != CANVAS:
+        image = image.resize((size, size), Image.BOX)
+    pixels = np.asarray(image, np.float32) + rng.normal(0.0, NOISE_SIGMA, (size, size, 3)).astype(np.float32)
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of an RGB uint8 array (fixed settings, so equal pixels give equal bytes)."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _write_if_changed(path: Path, data: bytes) -> bool:
+    """Write `data` atomically (temp name + rename) unless the file already holds exactly these bytes."""
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return True
+
+
+def render_movie_posters(movies: Iterable[tuple[int, Sequence[str]]], out_dir, size: int = 64, seed: int = 0) -> int:
+    """Write one poster per movie as `out_dir/<movie_id>.png`; returns how many files were (re)written.
+
+    A movie's poster uses its first two known genres (world.poster_genres: IMAX and
+    "(no genres listed)" are skipped; a movie with no known genre gets world.FALLBACK_GENRE) and its
+    own title band (world.movie_attribute). Existing identical files are left untouched, so
+    re-running is cheap and safe; a killed run leaves no half-written PNG under the final name.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for movie_id, genres in movies:
+        pixels = render(world.poster_genres(genres), world.movie_attribute(movie_id),
+                        poster_seed(movie_id, seed), size)
+        written += _write_if_changed(out / f"{int(movie_id)}.png", encode_png(pixels))
+    return written
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Procedural posters with their captions' structure; `labels` holds class indices per head."""
+    images: np.ndarray                          # (N, size, size, 3) uint8
+    blocks: list                                # per image: tuple of genre tokens, first → palette
+    attributes: list                            # per image: MovieAttribute or None
+    labels: dict                                # head name → (N,) int32, see world.labels
+
+    def captions(self) -> list[str]:
+        return [world.caption(b, a) for b, a in zip(self.blocks, self.attributes)]
+
+
+def random_blocks(rng: np.random.Generator, two_genre_p: float = 0.6) -> tuple[str, ...]:
+    """One genre, or an ordered pair of distinct genres with probability `two_genre_p`."""
+    if rng.random() < two_genre_p:
+        a, b = rng.choice(len(world.GENRES), 2, replace=False)
+        return world.GENRES[a], world.GENRES[b]
+    return (world.GENRES[rng.integers(len(world.GENRES))],)
+
+
+def sample_dataset(n: int, seed: int, size: int = 32, two_genre_p: float = 0.6, band_p: float = 0.85) -> Dataset:
+    """`n` posters with random captions, reproducible from `seed` (use different seeds for train/val)."""
+    rng = _rng(seed)
+    images = np.empty((n, size, size, 3), np.uint8)
+    blocks, attributes = [], []
+    for i in range(n):
+        blk = random_blocks(rng, two_genre_p)
+        attr = world.ATTRIBUTES[rng.integers(len(world.ATTRIBUTES))] if rng.random() < band_p else None
+        images[i] = render(blk, attr, int(rng.integers(2**63)), size)
+        blocks.append(blk)
+        attributes.append(attr)
+    per_image = [world.labels(b, a) for b, a in zip(blocks, attributes)]
+    labels = {h: np.array([lab[h] for lab in per_image], np.int32) for h in world.HEADS}
+    return Dataset(images, blocks, attributes, labels)
+
+
+def grid(images: np.ndarray, columns: int, scale: int = 1, pad: int = 2) -> np.ndarray:
+    """Tile (N, H, W, 3) images into one uint8 sheet (white padding), optionally enlarged `scale`×."""
+    n, h, w, _ = images.shape
+    rows = -(-n // columns)
+    sheet = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), 255, np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, columns)
+        sheet[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = img
+    return sheet.repeat(scale, 0).repeat(scale, 1) if scale > 1 else sheet

@@ -1,0 +1,173 @@
+"""The miniature poster world as data: genre → (background, accent, motif), keyword blocks, captions.
+
+Every MovieLens genre owns a background palette, an accent colour and a motif (table from the
+feasibility study, ../shared/reference/miniworld.md §1.1, with Thriller moved to orange diagonals so
+no two genres share an (accent, motif) pair). A caption is a list of keyword blocks; the composition
+rule is: background palette from the FIRST block, motif and accent from the LAST block. Each movie
+also owns a title band (colour and position, keyed by movie id) that belongs to the target alone:
+preference blocks never change it, so a personalized poster can keep its target's identity (d_t)
+while it takes on the user's taste (d_p).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+MOTIFS = ("circles", "stripes", "triangles", "stars", "grid", "diagonal")
+ACCENTS = {  # accent word → RGB
+    "black": (12, 12, 12),
+    "white": (245, 245, 245),
+    "red": (222, 30, 30),
+    "yellow": (250, 215, 0),
+    "blue": (30, 60, 225),
+    "orange": (250, 140, 0),
+}
+
+
+@dataclass(frozen=True)
+class GenreStyle:
+    genre: str                     # exact MovieLens token, e.g. "Sci-Fi"
+    background: str                # background colour word
+    background_rgb: tuple          # (r, g, b) before the random brightness gradient
+    accent: str                    # accent colour word, a key of ACCENTS
+    motif: str                     # one of MOTIFS
+
+    @property
+    def accent_rgb(self) -> tuple:
+        return ACCENTS[self.accent]
+
+    def block(self) -> list[str]:
+        """The keyword block `[genre, background, accent, motif]`, all lowercase."""
+        return [self.genre.lower(), self.background, self.accent, self.motif]
+
+
+_TABLE = [  # genre, background word, RGB, accent, motif
+    ("Action", "orange", (238, 118, 22), "black", "diagonal"),
+    ("Adventure", "green", (34, 139, 52), "yellow", "triangles"),
+    ("Animation", "skyblue", (110, 180, 235), "white", "circles"),
+    ("Children", "lime", (150, 200, 60), "red", "stars"),
+    ("Comedy", "yellow", (245, 225, 45), "blue", "circles"),
+    ("Crime", "grey", (118, 118, 118), "red", "stripes"),
+    ("Documentary", "beige", (235, 215, 170), "black", "grid"),
+    ("Drama", "navy", (25, 35, 110), "white", "stripes"),
+    ("Fantasy", "purple", (130, 50, 180), "yellow", "stars"),
+    ("Film-Noir", "black", (16, 16, 16), "white", "diagonal"),
+    ("Horror", "darkred", (122, 0, 0), "black", "triangles"),
+    ("Musical", "magenta", (220, 30, 170), "white", "stars"),
+    ("Mystery", "teal", (0, 112, 112), "yellow", "grid"),
+    ("Romance", "pink", (245, 170, 200), "red", "circles"),
+    ("Sci-Fi", "cyan", (0, 200, 220), "blue", "grid"),
+    ("Thriller", "slate", (80, 95, 130), "orange", "diagonal"),
+    ("War", "olive", (104, 112, 40), "black", "stripes"),
+    ("Western", "brown", (150, 90, 40), "orange", "triangles"),
+]
+STYLES = {g: GenreStyle(g, bg, rgb, acc, motif) for g, bg, rgb, acc, motif in _TABLE}
+GENRES = tuple(STYLES)            # table order = class index of the classifier's background head
+ACCENT_NAMES = tuple(ACCENTS)     # class order of the accent head
+# Movies whose genres are all outside the table (IMAX only, "(no genres listed)") get Drama's style:
+# the most frequent MovieLens genre, so such posters look like the bulk of the catalogue.
+FALLBACK_GENRE = "Drama"
+_BY_KEYWORD = {g.lower(): g for g in GENRES}
+
+BAND_COLOURS = {  # title-band colour word → (band RGB, "text" RGB)
+    "charcoal": ((40, 40, 48), (235, 235, 225)),
+    "ivory": ((250, 245, 225), (40, 40, 48)),
+    "gold": ((212, 168, 40), (40, 40, 48)),
+}
+BAND_POSITIONS = ("top", "bottom")
+
+
+@dataclass(frozen=True)
+class MovieAttribute:
+    """The target-only title band: its colour and whether it sits at the top or the bottom."""
+    colour: str
+    position: str
+
+    @property
+    def rgb(self) -> tuple:
+        return BAND_COLOURS[self.colour][0]
+
+    @property
+    def text_rgb(self) -> tuple:
+        return BAND_COLOURS[self.colour][1]
+
+    @property
+    def index(self) -> int:
+        """Class index for the classifier's band head (len(ATTRIBUTES) means "no band")."""
+        return ATTRIBUTES.index(self)
+
+    def keywords(self) -> list[str]:
+        return [f"{self.colour} band", f"{self.position} band"]
+
+
+ATTRIBUTES = tuple(MovieAttribute(c, p) for c in BAND_COLOURS for p in BAND_POSITIONS)
+
+
+def movie_attribute(movie_id: int) -> MovieAttribute:
+    """The title band of a movie: a stable hash of its id (the same on every machine and run)."""
+    digest = hashlib.blake2b(str(int(movie_id)).encode(), digest_size=8).digest()
+    return ATTRIBUTES[int.from_bytes(digest, "little") % len(ATTRIBUTES)]
+
+
+def genre_of(block) -> str:
+    """The MovieLens genre of a block given as a genre token ("Sci-Fi") or a keyword list (["sci-fi", ...])."""
+    key = block if isinstance(block, str) else (block[0] if len(block) else "")
+    genre = key if key in STYLES else _BY_KEYWORD.get(str(key).lower())
+    if genre is None:
+        raise ValueError(f"{key!r} is not a genre of the poster world; choose one of {list(GENRES)}")
+    return genre
+
+
+def known_genres(genres: Iterable[str]) -> list[str]:
+    """The movie's genres that have a style, in order, without duplicates (IMAX etc. dropped)."""
+    out = []
+    for g in genres:
+        if g in STYLES and g not in out:
+            out.append(g)
+    return out
+
+
+def poster_genres(genres: Iterable[str], max_blocks: int = 2) -> list[str]:
+    """The genres a movie's own poster is drawn from: its first `max_blocks` known ones, else the fallback."""
+    return known_genres(genres)[:max_blocks] or [FALLBACK_GENRE]
+
+
+def block(genre: str) -> list[str]:
+    """The keyword block of one genre, e.g. `["horror", "darkred", "black", "triangles"]`."""
+    return STYLES[genre_of(genre)].block()
+
+
+def caption(genres: Sequence, attribute: MovieAttribute | None = None) -> str:
+    """`"movie poster, " + block(g1) [+ block(g2) ...] [+ band keywords]`, comma-separated."""
+    words = ["movie poster"] + [k for g in genres for k in block(g)]
+    if attribute is not None:
+        words += attribute.keywords()
+    return ", ".join(words)
+
+
+def target_block(movie_id: int, genres: Iterable[str]) -> list[str]:
+    """A target movie's keywords: the blocks its poster is drawn from, then its title-band keywords."""
+    return [k for g in poster_genres(genres) for k in block(g)] + movie_attribute(movie_id).keywords()
+
+
+def labels(blocks: Sequence, attribute: MovieAttribute | None) -> dict[str, int]:
+    """Class indices the composition rule implies: bg from the first block, motif/accent from the last."""
+    first, last = STYLES[genre_of(blocks[0])], STYLES[genre_of(blocks[-1])]
+    return {
+        "bg": GENRES.index(first.genre),
+        "motif": MOTIFS.index(last.motif),
+        "accent": ACCENT_NAMES.index(last.accent),
+        "band": attribute.index if attribute is not None else len(ATTRIBUTES),
+    }
+
+
+HEADS = {"bg": len(GENRES), "motif": len(MOTIFS), "accent": len(ACCENT_NAMES), "band": len(ATTRIBUTES) + 1}
+
+
+def vocabulary() -> list[str]:
+    """Every word a world caption can contain, sorted (for word-level tokenizers)."""
+    words = {"movie", "poster", "band"} | set(BAND_COLOURS) | set(BAND_POSITIONS)
+    for style in STYLES.values():
+        words.update(style.block())
+    return sorted(words)
