@@ -1,0 +1,5 @@
+-- Every physical line of a file, numbered from 1 (the header), to locate rows rejected after parsing.
+create or replace temp table raw_lines as
+select row_number() over () as line_number, raw
+from read_csv($path, columns = {'raw': 'VARCHAR'}, header = false, delim = $delim, quote = '', escape = '',
+              store_rejects = true, rejects_table = 'raw_rejects', rejects_scan = 'raw_reject_scans');
