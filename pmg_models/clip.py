@@ -302,6 +302,14 @@ def _ignore_buffers(name: str) -> str | None:
     return None if name.endswith("position_ids") else name
 
 
+def _to_compute_dtype(cell) -> None:
+    """Parameters in the compute dtype (fp32 on CPU; fp16/bf16 on Ascend), so loading casts into it."""
+    dtype = runtime.compute_dtype()
+    for p in cell.get_parameters():
+        if p.dtype != dtype:
+            p.set_data(p.astype(dtype))
+
+
 def _read_config(directory: Path) -> dict:
     path = Path(directory) / "config.json"
     if not path.exists():
@@ -324,6 +332,7 @@ class CLIPTextModel:
         runtime.setup()
         self.config = config
         self.net = CLIPTextTransformer(config)
+        _to_compute_dtype(self.net)
         self.directory = Path(directory) if directory is not None else None
         self.fingerprint = checkpoint.fingerprint(directory) if directory is not None else ""
         self._run = _compile(self.net)
@@ -355,8 +364,7 @@ class CLIPTextModel:
         if t > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {t} exceeds max_position_embeddings "
                              f"{self.config.max_position_embeddings}")
-        mask = runtime.to_tensor(causal_mask(b, t, attention_mask), ms.float32)
-        return self._run(x, mask)
+        return self._run(x, runtime.to_tensor(causal_mask(b, t, attention_mask), ms.float32))
 
     def forward(self, input_ids, output_layer: str = "last", attention_mask=None) -> ms.Tensor:
         """(B, T) ids → (B, T, D) prompt embeddings as diffusers computes them (see class docstring)."""
@@ -384,6 +392,7 @@ class CLIPModel:
         runtime.setup()
         self.text_config, self.vision_config, self.projection_dim = text, vision, projection_dim
         self.net = CLIPNet(text, vision, projection_dim)
+        _to_compute_dtype(self.net)
         self.tokenizer = tokenizer
         self.image_config = image_config or ImageProcessorConfig()
         self.fingerprint = ""
@@ -401,7 +410,8 @@ class CLIPModel:
         text = CLIPTextConfig.from_hf(cfg["text_config"])
         vision = CLIPVisionConfig.from_hf(cfg["vision_config"])
         proj = int(cfg.get("projection_dim", 512))
-        tok = CLIPTokenizer.from_dir(directory) if (directory / "vocab.json").exists() else None
+        has_tok = (directory / "vocab.json").exists() or (directory / "tokenizer.json").exists()
+        tok = CLIPTokenizer.from_dir(directory) if has_tok else None
         image_cfg = ImageProcessorConfig.from_dir(directory)
         model = cls(text, vision, proj, tok, image_cfg)
         checkpoint.load_into(model.net, checkpoint.weight_files(directory), _ignore_buffers,

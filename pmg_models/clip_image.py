@@ -60,8 +60,15 @@ class ImageProcessorConfig:
 
     @classmethod
     def from_dir(cls, directory) -> "ImageProcessorConfig":
-        path = Path(directory) / "preprocessor_config.json"
-        return cls.from_hf(json.loads(path.read_text())) if path.exists() else cls()
+        """preprocessor_config.json, else transformers-5 processor_config.json["image_processor"], else defaults."""
+        directory = Path(directory)
+        if (directory / "preprocessor_config.json").exists():
+            return cls.from_hf(json.loads((directory / "preprocessor_config.json").read_text()))
+        if (directory / "processor_config.json").exists():
+            nested = json.loads((directory / "processor_config.json").read_text()).get("image_processor")
+            if nested:
+                return cls.from_hf(nested)
+        return cls()
 
     def to_hf(self) -> dict:
         return {"image_processor_type": "CLIPImageProcessor", "do_resize": self.do_resize,
@@ -95,14 +102,28 @@ def center_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _to_rgb_uint8(image, convert_rgb: bool) -> np.ndarray:
+    """HxWx3 uint8; transparency is composited onto white, as transformers' convert_to_rgb does."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB") if convert_rgb else image)
+        if not convert_rgb:
+            return np.asarray(image)
+        if "A" in image.getbands() or image.info.get("transparency") is not None:
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+        return np.asarray(image.convert("RGB"))
     arr = np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"images must be uint8 HxWx3 arrays or PIL images; got {arr.dtype} {arr.shape}")
-    return arr[..., :3] if convert_rgb else arr
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"images must be uint8 HxW[x1|3|4] arrays or PIL images; got {arr.dtype} {arr.shape}")
+    if not convert_rgb or arr.shape[2] == 3:
+        return arr
+    if arr.shape[2] == 1:
+        return np.repeat(arr, 3, axis=-1)
+    alpha = arr[..., 3:4] / 255
+    return np.round(alpha * arr[..., :3] + (1 - alpha) * 255).astype(np.uint8)
 
 
 def preprocess_one(image, cfg: ImageProcessorConfig) -> np.ndarray:

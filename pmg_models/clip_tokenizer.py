@@ -45,6 +45,22 @@ def read_merges(path: Path) -> list[tuple[str, str]]:
     return merges
 
 
+def _read_vocab_merges(directory: Path):
+    """(vocab, merges, special added tokens) from vocab.json + merges.txt, else from tokenizer.json."""
+    if (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
+        vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+        return vocab, read_merges(directory / "merges.txt"), []
+    if (directory / "tokenizer.json").exists():
+        spec = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+        model = spec.get("model", {})
+        if model.get("type") != "BPE" or model.get("end_of_word_suffix") != "</w>":
+            raise ValueError(f"{directory}/tokenizer.json is not a CLIP BPE tokenizer")
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        extra = [t["content"] for t in spec.get("added_tokens", []) if t.get("special")]
+        return model["vocab"], merges, extra
+    raise FileNotFoundError(f"no vocab.json + merges.txt or tokenizer.json in {directory} (CLIP tokenizer files)")
+
+
 def _backend(vocab: dict[str, int], merges: list[tuple[str, str]], unk: str, specials: list[str]):
     from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
     from tokenizers.models import BPE
@@ -64,33 +80,29 @@ class CLIPTokenizer:
     """CLIP BPE tokenizer; ids equal transformers' CLIPTokenizer with padding='max_length', truncation."""
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], bos: str = BOS, eos: str = EOS,
-                 pad: str = EOS, unk: str = EOS, model_max_length: int = 77):
+                 pad: str = EOS, unk: str = EOS, model_max_length: int = 77, extra_specials: tuple = ()):
         for name, token in (("bos", bos), ("eos", eos), ("pad", pad), ("unk", unk)):
             if token not in vocab:
                 raise ValueError(f"{name} token {token!r} is not in the vocabulary")
         self.vocab = vocab
         self.bos_id, self.eos_id, self.pad_id = vocab[bos], vocab[eos], vocab[pad]
         self.model_max_length = model_max_length
-        self._tok = _backend(vocab, merges, unk, [bos, eos, pad, unk])
+        self._tok = _backend(vocab, merges, unk, [bos, eos, pad, unk, *extra_specials])
 
     @classmethod
     def from_dir(cls, directory) -> "CLIPTokenizer":
-        """Read vocab.json, merges.txt and (if present) tokenizer_config.json / special_tokens_map.json."""
+        """Read vocab.json + merges.txt (or a transformers-5 tokenizer.json) and the special-token config."""
         directory = Path(directory)
-        for name in ("vocab.json", "merges.txt"):
-            if not (directory / name).exists():
-                raise FileNotFoundError(f"no {name} in {directory} (a CLIP tokenizer needs vocab.json and merges.txt)")
-        vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
+        vocab, merges, extra = _read_vocab_merges(directory)
         config = {}
         for name in ("tokenizer_config.json", "special_tokens_map.json"):  # the map wins, as in transformers
             if (directory / name).exists():
                 config.update({k: v for k, v in json.loads((directory / name).read_text()).items() if v is not None})
         max_len = config.get("model_max_length", 77)
         max_len = 77 if not isinstance(max_len, int) or max_len > 10**6 else max_len
-        return cls(vocab, read_merges(directory / "merges.txt"),
-                   bos=_token_content(config.get("bos_token"), BOS), eos=_token_content(config.get("eos_token"), EOS),
-                   pad=_token_content(config.get("pad_token"), EOS), unk=_token_content(config.get("unk_token"), EOS),
-                   model_max_length=max_len)
+        return cls(vocab, merges, bos=_token_content(config.get("bos_token"), BOS),
+                   eos=_token_content(config.get("eos_token"), EOS), pad=_token_content(config.get("pad_token"), EOS),
+                   unk=_token_content(config.get("unk_token"), EOS), model_max_length=max_len, extra_specials=extra)
 
     def tokenize(self, text: str) -> list[int]:
         """Text → BPE ids without bos/eos."""
@@ -126,7 +138,7 @@ class CLIPTokenizer:
         first character. Tokens past the truncation point are dropped with their segments.
         """
         max_length = max_length or self.model_max_length
-        text, starts, pos = "", [], 0
+        text, starts = "", []
         for i, seg in enumerate(segments):
             if i:
                 text += " "
