@@ -17,13 +17,14 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from tasks.pmg.history import clean_keywords, clean_title
-from tasks.pmg.prompts import NEGATIVE_PROMPTS
+from tasks.pmg.prompts import MAX_TITLE_CHARS, NEGATIVE_PROMPTS, sanitize_field
 
 SEGMENT_MODES = ("weight", "repeat")
 UNCOND_FILLS = ("last", "zeros")
 DEFAULT_WEIGHTS = (1.0, 2.0)  # the original's style_weight grid for movies
 SEED_SPACE = 2**31  # fits int32 seeds (MindSpore) and NumPy Generators alike
 MAX_KEYWORDS = 32
+MAX_KEYWORD_CHARS = MAX_TITLE_CHARS + 10  # "named '<title>'" is the longest keyword
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,8 @@ def sd_prompt_segments(target_kw: Sequence[str], pref_kw: Sequence[str], w: floa
         raise ValueError(f"unknown segment mode {mode!r}; choose one of {', '.join(SEGMENT_MODES)}")
     if not math.isfinite(w) or w < 0:
         raise ValueError(f"preference weight w must be a finite number >= 0, got {w}")
-    target = ", ".join(clean_keywords(target_kw, MAX_KEYWORDS))
-    pref = ", ".join(clean_keywords(pref_kw, MAX_KEYWORDS))
+    target = ", ".join(_keywords(target_kw))
+    pref = ", ".join(_keywords(pref_kw))
     sep = ", " if target else ""
     segments = [(target, 1.0)] if target else []
     if pref and mode == "weight" and w > 0:
@@ -70,6 +71,12 @@ def sd_prompt_segments(target_kw: Sequence[str], pref_kw: Sequence[str], w: floa
     if pref and mode == "repeat" and repeats > 0:
         segments.append(((sep + pref) + (", " + pref) * (repeats - 1), 1.0))
     return segments
+
+
+def _keywords(keywords: Iterable[str] | None) -> list[str]:
+    """Sanitized, non-empty keywords (commas inside a keyword, e.g. in "Matrix, The", are kept)."""
+    cleaned = (sanitize_field(k, MAX_KEYWORD_CHARS) for k in list(keywords or ())[:MAX_KEYWORDS])
+    return [k for k in cleaned if k]
 
 
 def prompt_text(segments: Sequence[tuple[str, float]]) -> str:

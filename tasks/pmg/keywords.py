@@ -10,6 +10,7 @@ gives an empty list, ok=False and a reason.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from tasks.pmg.prompts import KEYWORDS_PREFIX
@@ -86,7 +87,8 @@ def _separated(text: str) -> list[str]:
 
 def clean_keyword(raw: str) -> str:
     """One candidate without quotes, emphasis, a trailing explanation or a leading 'and'; '' if junk."""
-    text = raw.strip().strip(_EDGE_JUNK)
+    text = "".join(ch for ch in raw if ch in "\t\n" or unicodedata.category(ch)[0] != "C")
+    text = text.strip().strip(_EDGE_JUNK)
     m = _EXPLANATION.search(text)
     if m:
         text = text[:m.start()]

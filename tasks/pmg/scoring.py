@@ -59,6 +59,11 @@ def _out(x: np.ndarray):
     return float(x) if np.ndim(x) == 0 else x
 
 
+def clip_texts(target_kw: Sequence[str], pref_kw: Sequence[str]) -> tuple[str, str]:
+    """The two texts CLIP compares each image with, as the original: (target keywords, preference keywords)."""
+    return ", ".join(target_kw), ", ".join(pref_kw)
+
+
 def _at(arr, k: int) -> float | None:
     return None if arr is None else float(arr[k])
 

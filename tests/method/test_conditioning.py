@@ -39,6 +39,12 @@ def test_repeat_mode_reproduces_the_original_string():
     assert C.prompt_text(C.sd_prompt_segments(target, PREF, 1.0)) == ", ".join(target + PREF)
 
 
+def test_segments_keep_commas_inside_keywords_and_sanitize():
+    target = C.target_keywords("Matrix, The (1999)", ["bullet\ntime"])
+    assert C.prompt_text(C.sd_prompt_segments(target, ['"cyber"punk', ""], 1.0)) == (
+        "movie poster, Matrix, The, named 'Matrix, The', bullet time, 'cyber'punk")
+
+
 def test_segments_reject_bad_input():
     with pytest.raises(ValueError):
         C.sd_prompt_segments(["a"], PREF, -1.0)

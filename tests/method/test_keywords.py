@@ -71,3 +71,13 @@ def test_garbage_is_flagged_never_raised(garbage):
 def test_over_long_input_is_bounded():
     got = parse_keywords("1. a 2. " + "x " * 1_000_000, 8)
     assert got.keywords == ["a"]
+
+
+def test_random_text_never_raises():
+    rng = __import__("random").Random(0)
+    alphabet = "abc XYZ 0123456789.,;:-*•\n\t\"'()[]#<>/é東\u200b\x00"
+    for _ in range(500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
+        got = parse_keywords(text, rng.randint(1, 10))
+        assert got.ok == bool(got.keywords) and len(got.keywords) <= 10
+        assert all(k and len(k) <= 48 and k.isprintable() for k in got.keywords)

@@ -72,3 +72,7 @@ def test_alpha_sweep():
     assert len(default) == 11
     # More weight on preference never lowers the picked mean d_p on the same candidates.
     assert all(a.mean_d_p <= b.mean_d_p for a, b in zip(default, default[1:]))
+
+
+def test_clip_texts_as_original():
+    assert S.clip_texts(["movie poster", "Heat"], ["crime", "heist"]) == ("movie poster, Heat", "crime, heist")
