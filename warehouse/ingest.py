@@ -99,12 +99,17 @@ def load(con: duckdb.DuckDBPyConnection, paths: dict[str, Path], source: str, so
          digests: dict[str, str]) -> IngestReport:
     """All of one ingest in a single transaction; returns its report."""
     started_at = utcnow()
-    con.execute("begin transaction")
+    # Staging is session-temporary and committed before the transaction starts: inside a transaction
+    # DuckDB numbers new rows from 2^62, and the reject line mapping needs rowid = parsed-row position.
     try:
-        ingest_id = con.execute("select coalesce(max(ingest_id), 0) + 1 from ingests").fetchone()[0]
         queries.run(con, "ingest_prepare")
         for name, path in paths.items():
             queries.run(con, f"ingest_stage_{name.removesuffix('.csv')}", {"path": str(path)})
+    except duckdb.Error as e:
+        raise WarehouseError(f"could not read {source}: {' '.join(str(e).split())}") from e
+    con.execute("begin transaction")
+    try:
+        ingest_id = con.execute("select coalesce(max(ingest_id), 0) + 1 from ingests").fetchone()[0]
         queries.run(con, "ingest_new_rows")
         changed: dict[str, str] = {}
         for name in HEADERS:
