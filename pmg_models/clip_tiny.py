@@ -82,13 +82,22 @@ def text_config(hidden_size=32, layers=2, heads=4, intermediate=37, vocab_size=1
             "projection_dim": projection_dim or hidden_size, "vocab_size": vocab_size, "torch_dtype": "float32"}
 
 
-def _token_ids(tokenizer_dir: Path | None) -> dict:
-    """vocab_size/bos/eos/pad ids from a tokenizer dir, so pooling finds the eos the tokenizer writes."""
-    if tokenizer_dir is None:
-        return {}
+def _token_ids(directory: Path, tokenizer_dir: Path | None) -> dict:
+    """vocab_size/bos/eos/pad ids of the tokenizer this encoder will be used with, so pooling finds the eos.
+
+    `tokenizer_dir`, else an SD sibling `../tokenizer/`, else the default tiny tokenizer.
+    """
+    import tempfile
+
     from pmg_models.clip_tokenizer import CLIPTokenizer
 
-    tok = CLIPTokenizer.from_dir(tokenizer_dir)
+    if tokenizer_dir is None and (directory.parent / "tokenizer" / "vocab.json").exists():
+        tokenizer_dir = directory.parent / "tokenizer"
+    if tokenizer_dir is not None:
+        tok = CLIPTokenizer.from_dir(tokenizer_dir)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            tok = CLIPTokenizer.from_dir(write_tiny_tokenizer(tmp))
     return {"vocab_size": len(tok.vocab), "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
             "pad_token_id": tok.pad_id}
 
@@ -98,15 +107,16 @@ def write_tiny_text_encoder(directory, seed: int = 0, hidden_size: int = 32, lay
                             hidden_act: str = "quick_gelu", tokenizer_dir=None) -> Path:
     """A random CLIPTextModel (SD `text_encoder/` layout: config.json + model.safetensors, keys `text_model.*`).
 
-    Token ids (and vocab_size unless given) come from `tokenizer_dir` when provided; else vocab_size=1024.
+    Token ids and vocab_size (at least the tokenizer's) come from `tokenizer_dir`, else a sibling `tokenizer/`
+    (SD layout), else from the default `write_tiny_tokenizer` vocabulary.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    ids = _token_ids(Path(tokenizer_dir) if tokenizer_dir is not None else None)
+    ids = _token_ids(directory, Path(tokenizer_dir) if tokenizer_dir is not None else None)
     if vocab_size is not None:
-        ids["vocab_size"] = vocab_size
+        ids["vocab_size"] = max(vocab_size, ids["vocab_size"])
     cfg = text_config(hidden_size, layers, heads, intermediate, projection_dim=projection_dim,
-                      hidden_act=hidden_act, **{"vocab_size": 1024, **ids})
+                      hidden_act=hidden_act, **ids)
     tensors = text_tensors(np.random.default_rng(seed), cfg)
     _save(directory / "model.safetensors", tensors)
     (directory / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -118,7 +128,7 @@ def init_tiny(directory, seed: int = 0) -> Path:
     directory = Path(directory)
     write_tiny_tokenizer(directory)
     text = text_config(hidden_size=32, layers=2, heads=4, intermediate=37, projection_dim=16,
-                       **_token_ids(directory))
+                       **_token_ids(directory, directory))
     vision = {"model_type": "clip_vision_model", "attention_dropout": 0.0, "hidden_act": "quick_gelu",
               "hidden_size": 32, "image_size": 32, "patch_size": 8, "num_channels": 3, "intermediate_size": 37,
               "layer_norm_eps": 1e-5, "num_attention_heads": 4, "num_hidden_layers": 2, "projection_dim": 16,
