@@ -37,12 +37,19 @@ def batch_bucket(n: int, max_batch: int) -> int:
     return min(b, max_batch)
 
 
-def _prefill(self, input_ids, position_ids, mask, index):
-    return self.prefill(input_ids, position_ids, mask, index)
+class _Prefill(ms.nn.Cell):
+    # Jitting a Cell that holds the runner compiles once; passing the runner as an argument recompiles per call.
+    def __init__(self, runner: llama.KVRunner):
+        super().__init__()
+        self.runner = runner
+
+    def construct(self, input_ids, position_ids, mask, index):
+        return self.runner.prefill(input_ids, position_ids, mask, index)
 
 
-def _decode(self, input_ids, position_ids, mask, index):
-    return self.decode(input_ids, position_ids, mask, index)
+class _Decode(_Prefill):
+    def construct(self, input_ids, position_ids, mask, index):
+        return self.runner.decode(input_ids, position_ids, mask, index)
 
 
 class LlamaLM:
@@ -53,9 +60,7 @@ class LlamaLM:
         self.net, self.tokenizer, self.fingerprint, self.path = net, tokenizer, fingerprint, path
         self.config: llama.LlamaConfig = net.cfg
         self.max_batch = max_batch
-        self._runners: OrderedDict[tuple[int, int], llama.KVRunner] = OrderedDict()
-        self._prefill = runtime.jit(_prefill)
-        self._decode = runtime.jit(_decode)
+        self._runners: OrderedDict[tuple[int, int], tuple] = OrderedDict()
 
     @classmethod
     def from_pretrained(cls, path, max_batch: int = 32) -> "LlamaLM":
@@ -153,14 +158,14 @@ class LlamaLM:
             raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the model's "
                              f"max_position_embeddings={self.config.max_position_embeddings}")
         b, t = batch_bucket(n, self.max_batch), length_bucket(longest)
-        runner = self.runner(b, -(-(t + max_new_tokens) // 32) * 32)
+        cache, prefill, decode = self.runner(b, -(-(t + max_new_tokens) // 32) * 32)
         rows = prompts + [[self.tokenizer.bos_id]] * (b - n)
-        tokens, real = _left_pad(rows, t, self.tokenizer.pad_id, runner.length)
+        tokens, real = _left_pad(rows, t, self.tokenizer.pad_id, cache.length)
         rngs = [runtime.host_rng(s) for s in seeds]
         history = [list(p) for p in prompts]
         generated: list[list[int]] = [[] for _ in range(n)]
         done = np.zeros(n, bool)
-        logits = self._run_prefill(runner, tokens, real)
+        logits = self._run_prefill(prefill, tokens, real)
         pos = real[:, :t].sum(1).astype(np.int32) - 1
         for step in range(max_new_tokens):
             nxt = sampling.choose(logits[:n], history, rngs)
@@ -179,35 +184,39 @@ class LlamaLM:
             slot = t + step
             real[:, slot] = 1
             pos = pos + 1
-            logits = self._run_decode(runner, feed, pos, real, slot)
+            logits = self._run_decode(decode, feed, pos, real, slot)
         return generated
 
-    def runner(self, batch: int, length: int) -> llama.KVRunner:
-        """The KV cache + steps for one (batch, cache length) bucket, least recently used evicted."""
+    def runner(self, batch: int, length: int) -> tuple[llama.KVRunner, object, object]:
+        """(KV cache, prefill step, decode step) for one (batch, cache length) bucket; LRU-evicted.
+
+        The steps are compiled (once per bucket) when runtime.jit_enabled().
+        """
         key = (batch, length)
         if key in self._runners:
             self._runners.move_to_end(key)
         else:
-            self._runners[key] = llama.KVRunner(self.net, batch, length)
+            cache = llama.KVRunner(self.net, batch, length)
+            self._runners[key] = (cache, runtime.jit(_Prefill(cache)), runtime.jit(_Decode(cache)))
             while len(self._runners) > MAX_RUNNERS:
                 self._runners.popitem(last=False)
         return self._runners[key]
 
-    def _run_prefill(self, runner: llama.KVRunner, tokens: np.ndarray, real: np.ndarray) -> np.ndarray:
+    def _run_prefill(self, step, tokens: np.ndarray, real: np.ndarray) -> np.ndarray:
         b, t = tokens.shape
         pos = np.clip(np.cumsum(real[:, :t], 1) - 1, 0, None).astype(np.int32)
         allowed = np.tril(np.ones((t, t), bool))[None] & (real[:, None, :t] > 0)
         mask = np.where(allowed, 0.0, llama.neg_inf(runtime.compute_dtype())).astype(np.float32)
         index = _cache_index(b, self.config.num_key_value_heads, np.arange(t))
-        out = self._prefill(runner, runtime.to_tensor(tokens), runtime.to_tensor(pos),
+        out = step(runtime.to_tensor(tokens), runtime.to_tensor(pos),
                             runtime.to_tensor(mask[:, None, None]), runtime.to_tensor(index))
         return runtime.to_numpy(out)
 
-    def _run_decode(self, runner, feed: np.ndarray, pos: np.ndarray, real: np.ndarray, slot: int) -> np.ndarray:
+    def _run_decode(self, step, feed: np.ndarray, pos: np.ndarray, real: np.ndarray, slot: int) -> np.ndarray:
         b = feed.shape[0]
         mask = np.where(real > 0, 0.0, llama.neg_inf(runtime.compute_dtype())).astype(np.float32)
         index = _cache_index(b, self.config.num_key_value_heads, np.array([slot]))
-        out = self._decode(runner, runtime.to_tensor(feed[:, None]), runtime.to_tensor(pos[:, None]),
+        out = step(runtime.to_tensor(feed[:, None]), runtime.to_tensor(pos[:, None]),
                            runtime.to_tensor(mask[:, None, None, None]), runtime.to_tensor(index))
         return runtime.to_numpy(out)
 

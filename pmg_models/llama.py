@@ -58,7 +58,7 @@ class LlamaConfig:
             num_key_value_heads=int(d.get("num_key_value_heads") or heads),
             head_dim=int(d.get("head_dim") or d["hidden_size"] // heads),
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(d.get("rope_theta", rope.get("rope_theta", 10000.0))),
+            rope_theta=float(d.get("rope_theta") or rope.get("rope_theta") or 10000.0),
             max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             bos_token_id=int(d.get("bos_token_id") if d.get("bos_token_id") is not None else 1),
