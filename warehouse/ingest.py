@@ -257,7 +257,10 @@ def file_sha256(path: Path) -> str:
 
 
 def _pause_for_tests() -> None:
-    """Crash tests hold the open transaction here (env PMG_TEST_INGEST_PAUSE seconds) to kill -9 it."""
+    """Crash tests hold the open transaction here to kill -9 it: env PMG_TEST_INGEST_PAUSE seconds,
+    after touching the file PMG_TEST_INGEST_PAUSE_FILE (if set) to say the pause has begun."""
     delay = float(os.environ.get("PMG_TEST_INGEST_PAUSE", "0") or 0)
     if delay:
+        if os.environ.get("PMG_TEST_INGEST_PAUSE_FILE"):
+            Path(os.environ["PMG_TEST_INGEST_PAUSE_FILE"]).touch()
         time.sleep(delay)
