@@ -171,3 +171,22 @@ def vocabulary() -> list[str]:
     for style in STYLES.values():
         words.update(style.block())
     return sorted(words)
+
+
+def parse(keywords: Iterable[str]) -> tuple[list[str], MovieAttribute | None]:
+    """Read a keyword list (e.g. target_block(...) + preference blocks) back into (genres, title band).
+
+    Genre keywords open blocks in order; colour/motif words and unknown keywords are ignored, so
+    the composition rule applies to whatever genres appear. The band needs both its colour and
+    position keywords, else it is None.
+    """
+    genres, colour, position = [], None, None
+    for kw in keywords:
+        kw = kw.strip().lower()
+        if kw in _BY_KEYWORD:
+            genres.append(_BY_KEYWORD[kw])
+        elif kw.endswith(" band") and kw[:-5] in BAND_COLOURS:
+            colour = kw[:-5]
+        elif kw.endswith(" band") and kw[:-5] in BAND_POSITIONS:
+            position = kw[:-5]
+    return genres, (MovieAttribute(colour, position) if colour and position else None)
