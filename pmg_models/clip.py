@@ -250,9 +250,9 @@ class CLIPNet(nn.Cell):
         self.visual_projection = pops.Linear(vision.hidden_size, projection_dim, bias=False)
         self.logit_scale = Parameter(ms.Tensor(np.array(math.log(1 / 0.07), np.float32)), name="logit_scale")
 
-    def text_features(self, token_embeds, mask, pool):
+    def text_features(self, input_ids, mask, pool):
         """Projected, unnormalized text features; `pool` is a (B, 1, T) one-hot of the pooled position."""
-        last, _ = self.text_model(token_embeds, mask)
+        last, _ = self.text_model(self.text_model.embeddings.token_embedding(input_ids), mask)
         return self.text_projection(ops.matmul(pool, last)[:, 0, :])
 
     def image_features(self, pixels):
@@ -385,11 +385,17 @@ class CLIPTextModel:
 
 
 class CLIPModel:
-    """HF CLIPModel: text and image towers, projections, logit scale; numpy in, numpy out."""
+    """HF CLIPModel: text and image towers, projections, logit scale; numpy in, numpy out.
+
+    Inputs run in fixed chunks of `micro_batch` rows (the last one padded), so the compiled towers see
+    one shape and never recompile for a new batch size.
+    """
 
     def __init__(self, text: CLIPTextConfig, vision: CLIPVisionConfig, projection_dim: int,
-                 tokenizer: CLIPTokenizer | None = None, image_config: ImageProcessorConfig | None = None):
+                 tokenizer: CLIPTokenizer | None = None, image_config: ImageProcessorConfig | None = None,
+                 micro_batch: int = 8):
         runtime.setup()
+        self.micro_batch = int(micro_batch)
         self.text_config, self.vision_config, self.projection_dim = text, vision, projection_dim
         self.net = CLIPNet(text, vision, projection_dim)
         _to_compute_dtype(self.net)
@@ -400,7 +406,7 @@ class CLIPModel:
         self._image = _compile_method(self.net, "image_features")
 
     @classmethod
-    def from_pretrained(cls, directory) -> "CLIPModel":
+    def from_pretrained(cls, directory, micro_batch: int = 8) -> "CLIPModel":
         """Load an HF CLIP dir: config.json, model.safetensors, preprocessor_config.json, tokenizer files."""
         directory = Path(directory)
         cfg = _read_config(directory)
@@ -413,7 +419,7 @@ class CLIPModel:
         has_tok = (directory / "vocab.json").exists() or (directory / "tokenizer.json").exists()
         tok = CLIPTokenizer.from_dir(directory) if has_tok else None
         image_cfg = ImageProcessorConfig.from_dir(directory)
-        model = cls(text, vision, proj, tok, image_cfg)
+        model = cls(text, vision, proj, tok, image_cfg, micro_batch)
         checkpoint.load_into(model.net, checkpoint.weight_files(directory), _ignore_buffers,
                              runtime.np_compute_dtype())
         model.fingerprint = checkpoint.fingerprint(directory)
@@ -421,12 +427,13 @@ class CLIPModel:
 
     def text_features(self, input_ids) -> np.ndarray:
         """(N, T) ids → (N, P) projected, unnormalized (HF `get_text_features`)."""
-        ids = np.asarray(input_ids, np.int32)
+        return _in_chunks(np.asarray(input_ids, np.int32), self.micro_batch, self._text_chunk, self.projection_dim)
+
+    def _text_chunk(self, ids: np.ndarray) -> np.ndarray:
         n, t = ids.shape
-        embeds = self.net.text_model.embeddings.token_embedding(runtime.to_tensor(ids))
         pool = _one_hot(pooled_positions(ids, self.text_config.eos_token_id), t)
-        out = self._text(embeds, runtime.to_tensor(causal_mask(n, t), ms.float32), runtime.to_tensor(pool))
-        return runtime.to_numpy(out)
+        mask = runtime.to_tensor(causal_mask(n, t), ms.float32)
+        return runtime.to_numpy(self._text(runtime.to_tensor(ids), mask, runtime.to_tensor(pool)))
 
     def image_features(self, pixel_values) -> np.ndarray:
         """(N, 3, H, W) preprocessed pixels → (N, P) projected, unnormalized (HF `get_image_features`)."""
@@ -434,6 +441,9 @@ class CLIPModel:
         size = self.vision_config.image_size
         if px.shape[2:] != (size, size):
             raise ValueError(f"pixel_values are {px.shape[2]}x{px.shape[3]}; the model expects {size}x{size}")
+        return _in_chunks(px, self.micro_batch, self._image_chunk, self.projection_dim)
+
+    def _image_chunk(self, px: np.ndarray) -> np.ndarray:
         return runtime.to_numpy(self._image(runtime.to_tensor(px, runtime.compute_dtype())))
 
     def encode_text(self, texts: list[str]) -> np.ndarray:
@@ -462,6 +472,18 @@ class CLIPModel:
         return scale * np.asarray(image_emb, np.float32) @ np.asarray(text_emb, np.float32).T
 
 
+def _in_chunks(rows: np.ndarray, size: int, fn, width: int) -> np.ndarray:
+    """fn over fixed-size chunks of rows (the last padded by repeating its final row) → (N, width)."""
+    outs = []
+    for start in range(0, len(rows), size):
+        chunk = rows[start: start + size]
+        k = len(chunk)
+        if k < size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - k, 0)])
+        outs.append(fn(chunk)[:k])
+    return np.concatenate(outs) if outs else np.zeros((0, width), np.float32)
+
+
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
@@ -476,8 +498,8 @@ def _compile(cell):
 def _compile_method(cell, name: str):
     method = getattr(cell, name)
     if name == "text_features":
-        def run(token_embeds, mask, pool):
-            return method(token_embeds, mask, pool)
+        def run(input_ids, mask, pool):
+            return method(input_ids, mask, pool)
     else:
         def run(pixels):
             return method(pixels)

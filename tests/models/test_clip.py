@@ -89,6 +89,9 @@ def test_encode_and_similarity(tiny_clip):
     np.testing.assert_allclose(np.linalg.norm(txt, axis=-1), 1, atol=1e-5)
     sim = model.similarity(img, txt)
     assert sim.shape == (2, 3) and np.abs(sim).max() <= 100 + 1e-3
+    many = model.encode_text(["a red poster"] * 11 + ["horror"])  # two chunks of micro_batch=8, one padded
+    np.testing.assert_allclose(many[[0, 11]], txt[[0, 2]], atol=1e-6)
+    assert model.encode_text([]).shape == (0, model.projection_dim)
 
 
 def test_soft_tokens_enter_through_embeddings(tiny_clip, tmp_path, tokenizer):
