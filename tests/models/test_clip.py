@@ -151,3 +151,17 @@ def test_compiled_mode_matches_pynative(tiny_clip):
     img = np.random.default_rng(0).integers(0, 256, (40, 52, 3), dtype=np.uint8)
     np.testing.assert_allclose(compiled["text"], model.encode_text(["a red poster", "horror"]), atol=1e-5)
     np.testing.assert_allclose(compiled["image"], model.encode_image([img]), atol=1e-5)
+
+
+def test_position_id_buffers_in_old_checkpoints_are_ignored(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    clip.init_tiny(tmp_path / "clip")
+    clip.write_tiny_text_encoder(tmp_path / "te")
+    for path, prefixes in ((tmp_path / "clip", ("text_model", "vision_model")), (tmp_path / "te", ("text_model",))):
+        weights = load_file(path / "model.safetensors")
+        for prefix in prefixes:
+            weights[f"{prefix}.embeddings.position_ids"] = np.arange(77, dtype=np.int64)[None]
+        save_file(weights, path / "model.safetensors")
+    clip.CLIPModel.from_pretrained(tmp_path / "clip")
+    clip.CLIPTextModel.from_pretrained(tmp_path / "te")
