@@ -18,7 +18,7 @@ SPLIT_PATTERN = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte → printable-character table (256 entries, this exact order)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -177,7 +177,8 @@ def tiny_corpus() -> list[str]:
         for j, word in enumerate(POSTER_WORDS):
             colour, mood = COLOURS[(i + j) % len(COLOURS)], MOODS[(i * 3 + j) % len(MOODS)]
             lines.append(f"a {mood} {genre.lower()} {word}, {colour} tones, {MOODS[j % len(MOODS)]} atmosphere")
-            lines.append(f"{genre} | {word} with {colour} and {COLOURS[j % len(COLOURS)]} colours, a photo of the {word}")
+            other = COLOURS[j % len(COLOURS)]
+            lines.append(f"{genre} | {word} with {colour} and {other} colours, a photo of the {word}")
     lines += [f"Toy Story ({1995 + k}) Léon café naïve Amélie — {k} stars!" for k in range(10)]
     return lines
 
