@@ -13,9 +13,10 @@ Conventions (each documented where it is implemented):
 * Weighted segments follow the A1111 convention (scale token states, then restore the prompt's mean).
 * PMG soft tokens are appended after the 77 text tokens; the unconditional branch is extended by
   repeating the negative prompt's last token state (its final padding position).
-* Determinism: every image runs alone through the text encoder, UNet and VAE in fixed-size micro-batches
-  of `micro_batch` (default 1), with noise from its own seed on the host, so an image's bytes do not
-  depend on what else is in the batch.
+* Determinism: noise comes from each image's own seed on the host, and with `micro_batch=1` (default)
+  every image runs alone through the text encoder, UNet and VAE, always at the same shapes, so its
+  bytes do not depend on what else is in the batch. `micro_batch=N` runs N images per UNet call (faster
+  on some machines); oneDNN then blocks rows by position, so pixels may move by a level or two.
 """
 from __future__ import annotations
 
