@@ -63,6 +63,9 @@ def test_encode_segments_matches_joined_text(tokenizer):
     assert len(tokenizer.tokenize("Toy Story")) == int((index == 1).sum())
     n = len(body)
     assert ids[n + 1] == tokenizer.eos_id and index[n + 1] == -1
+    odd = ["東京 🎬 café", "naïve", "", "!!", "Léon"]
+    _, index = tokenizer.encode_segments(odd)
+    assert [int((index == i).sum()) for i in range(len(odd))] == [len(tokenizer.tokenize(s)) for s in odd]
 
 
 def test_tiny_writers_are_fast_and_loadable(tmp_path):
