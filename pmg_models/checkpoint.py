@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -47,7 +48,8 @@ def iter_safetensors(path: Path, dtype=np.float32) -> Iterator[tuple[str, np.nda
     header = read_header(path)
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    data = np.frombuffer(mm, dtype=np.uint8, offset=8 + n)
     for name in sorted(header):
         info = header[name]
         kind = info["dtype"]
@@ -62,6 +64,10 @@ def iter_safetensors(path: Path, dtype=np.float32) -> Iterator[tuple[str, np.nda
         if np.issubdtype(arr.dtype, np.floating) and dtype is not None:
             arr = arr.astype(dtype, copy=True)
         yield name, arr
+        # Mapped file pages count in RSS until released: drop this tensor's pages so loading never holds
+        # the file and the weights at once (a view still in use is simply re-read from the file).
+        lo = (8 + n + start) // mmap.PAGESIZE * mmap.PAGESIZE
+        mm.madvise(mmap.MADV_DONTNEED, lo, 8 + n + end - lo)
 
 
 def weight_files(directory: Path, stem: str = "model") -> list[Path]:
