@@ -107,13 +107,17 @@ class StableDiffusion:
         self._decode = _compile_decode(vae)
 
     @classmethod
-    def from_pretrained(cls, directory, scheduler: str | None = None, micro_batch: int = 1) -> "StableDiffusion":
+    def from_pretrained(cls, directory, scheduler: str | None = None, micro_batch: int = 1,
+                        mindone_ckpt: Path | None = None) -> "StableDiffusion":
         """Load a diffusers SD folder (model_index.json + components); strict, fp16 weights accepted.
 
         `scheduler`: 'ddim', 'euler', 'dpm++2m' or a diffusers class name; None uses the folder's class
-        (unsupported ones such as PNDM fall back to DPM-Solver++ 2M).
+        (unsupported ones such as PNDM fall back to DPM-Solver++ 2M). `mindone_ckpt`: take the UNet and
+        VAE weights from a mindone SD `.ckpt` instead (configs, text encoder, tokenizer from the folder).
         """
         from pmg_models.clip import CLIPTextModel, CLIPTokenizer
+        from pmg_models.sd.unet import UNet2DConditionModel, UNetConfig
+        from pmg_models.sd.vae import AutoencoderKL, VAEConfig
 
         directory = Path(directory)
         index = directory / "model_index.json"
@@ -124,8 +128,13 @@ class StableDiffusion:
             raise checkpoint.CheckpointError(f"{directory} lacks component folder(s) {missing}")
         json.loads(index.read_text())  # a corrupt index fails here, naming the file via JSONDecodeError
         sched_cfg = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
-        return cls(weights.load_unet(directory / "unet"), weights.load_vae(directory / "vae"),
-                   CLIPTextModel.from_pretrained(directory / "text_encoder"),
+        if mindone_ckpt is None:
+            unet, vae = weights.load_unet(directory / "unet"), weights.load_vae(directory / "vae")
+        else:
+            unet = UNet2DConditionModel(UNetConfig.from_json(directory / "unet" / "config.json"))
+            vae = AutoencoderKL(VAEConfig.from_json(directory / "vae" / "config.json"))
+            weights.load_mindone(mindone_ckpt, unet, vae)
+        return cls(unet, vae, CLIPTextModel.from_pretrained(directory / "text_encoder"),
                    CLIPTokenizer.from_dir(directory / "tokenizer"), sched_cfg, scheduler, directory, micro_batch)
 
     @property
