@@ -56,6 +56,7 @@ T0, T1 = 828_124_615, 1_537_799_250  # ml-latest-small timestamp range (epoch se
 HEADERS = {"movies.csv": "movieId,title,genres", "ratings.csv": "userId,movieId,rating,timestamp",
            "tags.csv": "userId,movieId,tag,timestamp", "links.csv": "movieId,imdbId,tmdbId"}
 USERS_PER_CHUNK = 2000
+RATING_TEXT = np.array([f"{i / 2:.1f}" for i in range(11)], dtype=object)  # half stars as MovieLens writes them
 
 
 @dataclass(frozen=True)
@@ -123,45 +124,55 @@ def make_movies(rng: np.random.Generator, n: int) -> tuple[pd.DataFrame, Catalog
     ids = np.cumsum(1 + rng.poisson(0.6, n) + (rng.random(n) < 0.02) * rng.integers(10, 500, n))
     weights = np.array([GENRE_COUNTS[g] for g in GENRES], dtype=float)
     k = rng.choice([1, 2, 3, 4, 5], n, p=[0.35, 0.33, 0.2, 0.08, 0.04])
-    bits = np.zeros(n, dtype=np.int64)
-    genre_text = []
-    for i in range(n):
-        chosen = rng.choice(len(GENRES), k[i], replace=False, p=weights / weights.sum())
-        bits[i] = np.bitwise_or.reduce(1 << chosen)
-        names = [GENRES[j] for j in chosen] + ([IMAX] if rng.random() < 0.016 else [])
-        genre_text.append("|".join(sorted(names)))
+    # k genres per movie without replacement, weighted: Gumbel top-k, vectorised over movies
+    keys = np.log(weights) + rng.gumbel(size=(n, len(GENRES)))
+    order = np.argsort(-keys, axis=1)
+    taken = np.arange(len(GENRES))[None, :] < k[:, None]
+    bits = np.where(taken, np.left_shift(1, order), 0).sum(axis=1).astype(np.int64)
+    imax = rng.random(n) < 0.016
     no_genres = rng.random(n) < 0.0035
     no_genres[n // 2] = True
     bits[no_genres] = 0
-    genre_text = [NO_GENRES if no_genres[i] else g for i, g in enumerate(genre_text)]
-    titles = [make_title(rng, i, n) for i in range(n)]
+    genre_text = [NO_GENRES if no_genres[i] else
+                  "|".join(sorted([GENRES[j] for j in range(len(GENRES)) if bits[i] >> j & 1] + ([IMAX] if imax[i] else [])))
+                  for i in range(n)]
     popularity = rng.lognormal(0.0, 1.3, n)
     by_genre = []
     for j in range(len(GENRES)):
         members = np.flatnonzero(bits & (1 << j))
         by_genre.append((members, np.cumsum(popularity[members])))
     catalog = Catalog(ids, bits, rng.normal(0.0, 0.35, n), np.cumsum(popularity), by_genre)
-    return pd.DataFrame({"movieId": ids, "title": titles, "genres": genre_text}), catalog
+    return pd.DataFrame({"movieId": ids, "title": make_titles(rng, n), "genres": genre_text}), catalog
 
 
-def make_title(rng: np.random.Generator, i: int, n: int) -> str:
+def make_titles(rng: np.random.Generator, n: int) -> list[str]:
     """'Name (YYYY)', with the odd cases of the real data at fixed and random positions."""
-    year = int(2018 - min(rng.exponential(18.0), 115))
-    words = rng.choice(WORDS_INTL if rng.random() < 0.02 else WORDS_A), rng.choice(WORDS_B)
-    name = f"{words[0]} {words[1]}"
-    style = rng.random()
-    if style < 0.15:
-        name = f"{words[1]}, The"                      # article-suffix style, CSV-quoted
-    elif style < 0.17:
-        name = f'{words[0]} "{words[1]}"'              # embedded quotes
-    elif style < 0.20:
-        name = f"{name}, Part {rng.integers(2, 5)}"
-    odd = {n // 7: f"{name}", n // 5: f"{name} ({year}) ", n // 3: f"{name}: Désu ({year}–{year + 1})"}
-    if i in odd:
-        return odd[i]
-    if rng.random() < 0.0013:
-        return name                                    # no year
-    return f"{name} ({year})" + (" " if rng.random() < 0.001 else "")
+    years = (2018 - np.minimum(rng.exponential(18.0, n), 115)).astype(int)
+    intl = rng.random(n) < 0.02
+    first = np.where(intl, rng.integers(0, len(WORDS_INTL), n), rng.integers(0, len(WORDS_A), n))
+    second = rng.integers(0, len(WORDS_B), n)
+    style, part, quirk = rng.random(n), rng.integers(2, 5, n), rng.random(n)
+    odd = {n // 7: "{name}", n // 5: "{name} ({year}) ", n // 3: "{name}: Désu ({year}–{next})"}
+    titles = []
+    for i in range(n):
+        a = WORDS_INTL[first[i]] if intl[i] else WORDS_A[first[i]]
+        b, year = WORDS_B[second[i]], int(years[i])
+        name = f"{a} {b}"
+        if style[i] < 0.15:
+            name = f"{b}, The"                        # article-suffix style, CSV-quoted
+        elif style[i] < 0.17:
+            name = f'{a} "{b}"'                       # embedded quotes
+        elif style[i] < 0.20:
+            name = f"{name}, Part {part[i]}"
+        if i in odd:
+            titles.append(odd[i].format(name=name, year=year, next=year + 1))
+        elif quirk[i] < 0.0013:
+            titles.append(name)                       # no year
+        elif quirk[i] > 0.999:
+            titles.append(f"{name} ({year}) ")        # trailing space
+        else:
+            titles.append(f"{name} ({year})")
+    return titles
 
 
 def make_links(rng: np.random.Generator, ids: np.ndarray) -> pd.DataFrame:
@@ -210,11 +221,10 @@ def write_ratings_and_tags(directory: Path, catalog: Catalog, counts: np.ndarray
         frame = pd.DataFrame({
             "userId": np.concatenate([np.full(len(p[1]), p[0]) for p in parts]),
             "movieId": np.concatenate([catalog.ids[p[1]] for p in parts]),
-            "rating": np.concatenate([p[2] for p in parts]),
+            "rating": RATING_TEXT[(np.concatenate([p[2] for p in parts]) * 2).astype(np.int64)],
             "timestamp": np.concatenate([p[3] for p in parts]),
         })
-        frame.to_csv(directory / "ratings.csv", index=False, header=False, lineterminator=newline, mode="a",
-                     float_format="%.1f")
+        frame.to_csv(directory / "ratings.csv", index=False, header=False, lineterminator=newline, mode="a")
         tag_parts = [t for t in tag_parts if len(t)]
         if tag_parts:
             write_frame(directory / "tags.csv", pd.concat(tag_parts), newline, mode="a")
@@ -260,7 +270,9 @@ def user_tags(rng, catalog: Catalog, taste: Taste, user_id: int, movies, rating,
     picked = rng.choice(candidates, k)
     if rng.random() < 0.2:
         picked[0] = rng.integers(0, len(catalog.ids))  # a movie tagged but never rated by this user
-    words = [rng.choice(GENRE_TAGS[rng.choice(taste.liked)]) for _ in range(k)]
+    genre = rng.integers(0, len(taste.liked), k)
+    word = rng.integers(0, 4, k)
+    words = [GENRE_TAGS[taste.liked[g]][w] for g, w in zip(genre, word)]
     if rng.random() < 0.02:
         words[0] = 'dark, "gritty"'
     frame = pd.DataFrame({"userId": user_id, "movieId": catalog.ids[picked], "tag": words,
