@@ -166,3 +166,23 @@ def test_image_text_embeddings_and_logits(clip_pair):
     with torch.no_grad():
         want = ref.get_text_features(input_ids=inputs.input_ids).pooler_output
     close(ours.text_features(inputs.input_ids.numpy()), want)
+
+
+def test_tiny_writers_load_in_transformers(tmp_path):
+    """Our NumPy-written tiny dirs are real HF checkpoints: transformers loads them and agrees with us."""
+    root = clip.init_tiny(tmp_path / "clip")
+    clip.write_tiny_text_encoder(tmp_path / "text_encoder", tokenizer_dir=root, hidden_act="gelu")
+    ref_text = transformers.CLIPTextModel.from_pretrained(tmp_path / "text_encoder").eval()
+    ref = transformers.CLIPModel.from_pretrained(root).eval()
+    processor = transformers.CLIPProcessor.from_pretrained(root)
+    ours_text, ours = clip.CLIPTextModel.from_pretrained(tmp_path / "text_encoder"), clip.CLIPModel.from_pretrained(root)
+    images = _images()[:3]
+    inputs = processor(text=TEXTS, images=images, return_tensors="pt", padding="max_length", max_length=77,
+                       truncation=True)
+    np.testing.assert_array_equal(inputs.input_ids.numpy(), ours.tokenizer.encode(TEXTS)[0])
+    with torch.no_grad():
+        out = ref(input_ids=inputs.input_ids, pixel_values=inputs.pixel_values)
+        last = ref_text(inputs.input_ids).last_hidden_state
+    close(to_numpy(ours_text(inputs.input_ids.numpy())), last)
+    close(ours.encode_text(TEXTS), out.text_embeds)
+    close(ours.encode_image(images), out.image_embeds)
