@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter, Tensor
+from mindspore.common.initializer import initializer
 
 from pmg_models import checkpoint, runtime
-from pmg_models.ops import Linear, RMSNorm, neg_inf
+from pmg_models.ops import RMSNorm, neg_inf
 
 
 @dataclass(frozen=True)
@@ -95,12 +96,18 @@ def _check_supported(d: dict) -> None:
 
 # ----------------------------------------------------------------------------- modules
 
+def Linear(in_features: int, out_features: int, bias: bool = False) -> nn.Dense:
+    """Bias-free dense layer, zero-initialised: weights always come from a checkpoint, and nn.Dense's
+    default random init costs seconds at 170M parameters."""
+    return nn.Dense(in_features, out_features, has_bias=bias, weight_init="zeros")
+
+
 class Embedding(nn.Cell):
     """Token embedding with the HF parameter name `weight` (nn.Embedding calls it embedding_table)."""
 
     def __init__(self, vocab: int, dim: int):
         super().__init__()
-        self.weight = Parameter(Tensor(np.zeros((vocab, dim), np.float32)), name="weight")
+        self.weight = Parameter(initializer("zeros", (vocab, dim), ms.float32), name="weight")
 
     def construct(self, ids):
         return ops.gather(self.weight, ids, 0)

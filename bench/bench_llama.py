@@ -1,0 +1,192 @@
+"""Llama prefill/decode throughput: pmg_models (MindSpore, compiled) vs transformers (PyTorch CPU).
+
+Same run, same weights (a random HF checkpoint saved as safetensors), same prompt ids, greedy decoding.
+Prefill = one prompt pass producing last-position logits (transformers: `logits_to_keep=1`, as
+`generate` does). Decode = per-token steps with a KV cache (transformers: DynamicCache + argmax loop).
+Compile time is the first call minus a warm call. Peak RSS while loading is measured in a fresh
+subprocess against the RSS just before the weights are read. Decode is also compared with the
+memory-bandwidth limit: weight bytes per step ÷ measured copy bandwidth.
+
+    .venv/bin/python -m bench.bench_llama --sizes tiny --batches 1,8
+    .venv/bin/python -m bench.bench_llama --sizes tiny,170m --batches 1,8,32 --append BENCHMARKS.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = {
+    "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+                 num_key_value_heads=4, vocab_size=1000),
+    "170m": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
+                 num_key_value_heads=16, vocab_size=32000),
+}
+
+
+def make_checkpoint(size: str, root: Path) -> Path:
+    """A random HF Llama dir (safetensors) with a tiny sentencepiece tokenizer copied in."""
+    import torch
+    import transformers
+    from pmg_models import llama
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(max_position_embeddings=1024, **SIZES[size])
+    out = root / size
+    transformers.LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    tok = llama.init_tiny(root / "tok", seed=0)
+    for f in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(tok / f, out / f)
+    return out
+
+
+def load_rss(path: Path) -> dict:
+    """Run in a subprocess: RSS before building the model and peak RSS (VmHWM) through build + load."""
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    from pmg_models import checkpoint, llama
+
+    from pmg_models import runtime
+
+    runtime.setup()
+    before = status("VmRSS")  # libraries loaded, no model yet
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM (peak) to the current RSS
+    t0 = time.perf_counter()
+    net = llama.build(llama.read_config(path))
+    llama.load_weights(net, path)
+    seconds = time.perf_counter() - t0
+    weight_bytes = sum(f.stat().st_size for f in checkpoint.weight_files(path))
+    return {"before": before, "peak": status("VmHWM"), "weight_bytes": weight_bytes, "seconds": seconds}
+
+
+def bandwidth_gbs() -> float:
+    """Copy bandwidth (read + write bytes per second) of a 256 MiB array, best of 5."""
+    a = np.ones(64 << 20, np.float32)
+    b = np.empty_like(a)
+    best = min(_timed(lambda: np.copyto(b, a)) for _ in range(5))
+    return 2 * a.nbytes / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def bench_ours(lm, prompts: np.ndarray, new_tokens: int) -> dict:
+    from pmg_models.generation import Sampling
+
+    rows = prompts.tolist()
+    b = len(rows)
+    seeds = [0] * b
+    cache, prefill, _ = lm.runner(b, -(-(prompts.shape[1] + new_tokens) // 32) * 32)
+    real = np.zeros((b, cache.length), np.int32)
+    real[:, :prompts.shape[1]] = 1
+    first_prefill = _timed(lambda: lm._run_prefill(prefill, prompts.astype(np.int32), real))
+    warm_prefill = min(_timed(lambda: lm._run_prefill(prefill, prompts.astype(np.int32), real)) for _ in range(2))
+    first_gen = _timed(lambda: lm.generate_ids(rows, new_tokens, Sampling(), seeds))
+    warm_gen = min(_timed(lambda: lm.generate_ids(rows, new_tokens, Sampling(), seeds)) for _ in range(2))
+    step = (warm_gen - warm_prefill) / (new_tokens - 1)
+    compile_s = (first_prefill - warm_prefill) + (first_gen - warm_gen)
+    return {"prefill_s": warm_prefill, "step_s": step, "compile_s": compile_s}
+
+
+def bench_torch(model, prompts: np.ndarray, new_tokens: int) -> dict:
+    import torch
+    import transformers
+
+    ids = torch.tensor(prompts)
+
+    def prefill():
+        return model(ids, use_cache=True, cache=transformers.DynamicCache(config=model.config),
+                     logits_to_keep=1)
+
+    def generate():
+        out = prefill()
+        cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        for _ in range(new_tokens - 1):
+            out = model(nxt, cache=cache, use_cache=True)
+            cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+
+    with torch.no_grad():
+        prefill()
+        warm_prefill = min(_timed(prefill) for _ in range(2))
+        warm_gen = min(_timed(generate) for _ in range(2))
+    return {"prefill_s": warm_prefill, "step_s": (warm_gen - warm_prefill) / (new_tokens - 1)}
+
+
+def run(size: str, batches: list[int], prompt_len: int, new_tokens: int, root: Path, bw: float) -> list[str]:
+    import torch
+    import transformers
+    from pmg_models import llama
+
+    path = make_checkpoint(size, root)
+    rss = json.loads(subprocess.run([sys.executable, "-m", "bench.bench_llama", "--load-rss", str(path)],
+                                    check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    lm = llama.load(path)
+    hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    weight_mb = rss["weight_bytes"] / 1e6
+    rss_ratio = (rss["peak"] - rss["before"]) / rss["weight_bytes"]
+    rows = []
+    for b in batches:
+        prompts = np.random.default_rng(b).integers(3, lm.config.vocab_size, (b, prompt_len))
+        ours, ref = bench_ours(lm, prompts, new_tokens), bench_torch(hf, prompts, new_tokens)
+        limit_ms = rss["weight_bytes"] / (bw * 1e9) * 1e3  # every decode step reads all weights once
+        rows.append(
+            f"| {size} ({weight_mb:.0f} MB) | {b} | {b * prompt_len / ours['prefill_s']:.0f} | "
+            f"{b * prompt_len / ref['prefill_s']:.0f} | {ref['prefill_s'] / ours['prefill_s']:.2f}× | "
+            f"{b / ours['step_s']:.1f} | {b / ref['step_s']:.1f} | {ref['step_s'] / ours['step_s']:.2f}× | "
+            f"{ours['step_s'] * 1e3:.1f} / {limit_ms:.1f} | {ours['compile_s']:.1f} | "
+            f"{rss_ratio:.2f}× ({rss['seconds']:.2f} s) |")
+    return rows
+
+
+HEADER = ("| model | batch | prefill tok/s ours | prefill tok/s torch | prefill speedup | decode tok/s ours | "
+          "decode tok/s torch | decode speedup | decode step ms / bandwidth floor ms | compile s | "
+          "load peak RSS / weights (load time) |\n|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="tiny")
+    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--append", type=Path, help="append the Markdown table to this file")
+    p.add_argument("--load-rss", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    os.environ.setdefault("PMG_JIT", "1")
+    if args.load_rss:
+        print(json.dumps(load_rss(args.load_rss)))
+        return 0
+    bw = bandwidth_gbs()
+    lines = [f"\n### Llama: pmg_models vs transformers ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
+             f"{os.cpu_count()} CPUs, copy bandwidth {bw:.1f} GB/s, prompt {args.prompt_len}, "
+             f"{args.new_tokens} new tokens)\n",
+             f"`{' '.join(['python -m bench.bench_llama'] + (argv or sys.argv[1:]))}`\n", HEADER]
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes.split(","):
+            lines += run(size, [int(b) for b in args.batches.split(",")], args.prompt_len, args.new_tokens,
+                         Path(tmp), bw)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.append:
+        with open(args.append, "a") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
