@@ -40,38 +40,43 @@ def _gradient(rgb, rng) -> Image.Image:
     return Image.fromarray(np.broadcast_to(pixels, (CANVAS, CANVAS, 3)).astype(np.uint8))
 
 
-def _circles(draw, colour, rng):
+def _centre(rng, rows):
+    """A shape centre inside the canvas, with its row in `rows` (the part the title band leaves free)."""
+    return rng.uniform(6, CANVAS - 6), rng.uniform(*rows)
+
+
+def _circles(draw, colour, rng, rows):
     for _ in range(rng.integers(3, 8)):
         r = rng.uniform(8, 20)
-        x, y = rng.uniform(0, CANVAS, 2)
+        x, y = _centre(rng, rows)
         draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
 
 
-def _stripes(draw, colour, rng):
+def _stripes(draw, colour, rng, rows):
     period = rng.uniform(14, 24)
     width = period * rng.uniform(0.35, 0.55)
     for y in np.arange(rng.uniform(0, period) - period, CANVAS, period):
         draw.rectangle([0, y, CANVAS, y + width], fill=colour)
 
 
-def _triangles(draw, colour, rng):
+def _triangles(draw, colour, rng, rows):
     for _ in range(rng.integers(3, 7)):
         s = rng.uniform(14, 30)
-        x, y = rng.uniform(0, CANVAS, 2)
+        x, y = _centre(rng, rows)
         draw.polygon([(x, y - s), (x - 0.8 * s, y + 0.6 * s), (x + 0.8 * s, y + 0.6 * s)], fill=colour)
 
 
-def _stars(draw, colour, rng):
+def _stars(draw, colour, rng, rows):
     for _ in range(rng.integers(3, 8)):
         r = rng.uniform(8, 18)
-        x, y = rng.uniform(0, CANVAS, 2)
+        x, y = _centre(rng, rows)
         turn = rng.uniform(-0.3, 0.3) - np.pi / 2
         angles = turn + np.arange(10) * np.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, r, 0.42 * r)
         draw.polygon(list(zip(x + radii * np.cos(angles), y + radii * np.sin(angles))), fill=colour)
 
 
-def _grid(draw, colour, rng):
+def _grid(draw, colour, rng, rows):
     period = rng.uniform(16, 26)
     width = rng.uniform(3, 5.5)
     px, py = rng.uniform(0, period, 2)
@@ -81,7 +86,7 @@ def _grid(draw, colour, rng):
         draw.rectangle([0, c, CANVAS, c + width], fill=colour)
 
 
-def _diagonal(draw, colour, rng):
+def _diagonal(draw, colour, rng, rows):
     period = rng.uniform(14, 22)
     # Line width is measured across the line, so 0.25–0.35 of the horizontal period covers ~35–50 %.
     width = int(round(period * rng.uniform(0.25, 0.35)))
@@ -92,6 +97,9 @@ def _diagonal(draw, colour, rng):
 _MOTIF_DRAWERS = {"circles": _circles, "stripes": _stripes, "triangles": _triangles,
                   "stars": _stars, "grid": _grid, "diagonal": _diagonal}
 assert tuple(_MOTIF_DRAWERS) == world.MOTIFS
+
+
+_BAND_FREE_ROWS = {None: (6, CANVAS - 6), "top": (42, CANVAS - 6), "bottom": (6, CANVAS - 42)}
 
 
 def _band(draw, attribute: world.MovieAttribute, rng):
@@ -125,7 +133,9 @@ def render(genres_blocks: Sequence, movie_attr: world.MovieAttribute | None, see
     rng = _rng(seed)
     image = _gradient(first.background_rgb, rng)
     draw = ImageDraw.Draw(image)
-    _MOTIF_DRAWERS[last.motif](draw, last.accent_rgb, rng)
+    # Shapes are centred away from the band (drawn last, on top) so it cannot hide the motif.
+    rows = _BAND_FREE_ROWS[movie_attr.position if movie_attr is not None else None]
+    _MOTIF_DRAWERS[last.motif](draw, last.accent_rgb, rng, rows)
     if movie_attr is not None:
         _band(draw, movie_attr, rng)
     if size != CANVAS:

@@ -12,7 +12,7 @@ from tasks.miniworld import classifier, posters, world
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("classifier")
-    metrics = classifier.train_classifier(out, seed=0, steps=40, batch=32, smoke=True, n_train=384, n_val=192)
+    metrics = classifier.train_classifier(out, seed=0, steps=30, batch=32, smoke=True, n_train=384, n_val=192)
     return out, metrics
 
 
@@ -53,11 +53,12 @@ def test_classify_rejects_bad_shapes(trained):
         classifier.classify(net, np.zeros((2, 48, 48, 3), np.uint8))
 
 
-def test_compiled_train_step_and_forward():
-    """PMG_JIT=1 path: the whole value_and_grad + AdamW step and the eval forward compile as graphs."""
+@pytest.mark.parametrize("mode", ["grad", "step"])
+def test_compiled_train_step_and_forward(mode):
+    """PMG_JIT=1 paths: value_and_grad (and, for "step", the AdamW update too) and the eval forward compile."""
     net = classifier.build(seed=1)
     net.set_train(True)
-    step = classifier.make_train_step(net, classifier.make_optimizer(net, 1e-3), jit=True)
+    step = classifier.make_train_step(net, classifier.make_optimizer(net, 1e-3), mode=mode)
     data = posters.sample_dataset(16, seed=5)
     x = ms.Tensor(classifier.to_input(data.images, 32))
     ys = [ms.Tensor(data.labels[h]) for h in classifier.HEAD_NAMES]
@@ -66,3 +67,5 @@ def test_compiled_train_step_and_forward():
     net.set_train(False)
     logits = ms.jit(classifier._eval_forward)(net, x)
     assert [tuple(t.shape) for t in logits] == [(16, n) for n in world.HEADS.values()]
+    with pytest.raises(ValueError, match="choose one of"):
+        classifier.make_train_step(net, classifier.make_optimizer(net, 1e-3), mode="graph")
