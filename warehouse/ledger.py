@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
-
 import pandas as pd
 
-QUERY_DIR = Path(__file__).parent / "queries"
+from warehouse import queries
+
 OUTCOME_COLUMNS = ("item_key", "fingerprint", "status", "error")
 
 
@@ -23,7 +22,7 @@ def fingerprint(*parts) -> str:
 
 def sql(name: str) -> str:
     """The text of warehouse/queries/<name>.sql."""
-    return (QUERY_DIR / f"{name}.sql").read_text()
+    return queries.load(name)
 
 
 def outcome_frame(rows) -> pd.DataFrame:

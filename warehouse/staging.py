@@ -14,6 +14,7 @@ import duckdb
 import pandas as pd
 
 from warehouse import ledger
+from warehouse.publish import mark_changed
 
 STAGING_DIR = "staging"
 # Tables a chunk may write, with the natural key that one row per key is kept on.
@@ -114,6 +115,7 @@ def commit_chunk(con, run_id: str, stage: str, chunk: int, parts: dict[str, Path
         for i, (name, path) in enumerate(parts.items()):
             written += _replace_rows(con, name, path, clear if i == 0 else ())
         ledger.record(con, stage, run_id, chunk, outcome)
+        mark_changed(con, [*parts, *clear, "work_ledger", "chunk_commits"])
         con.execute("INSERT INTO chunk_commits VALUES (?, ?, ?, ?, now()::TIMESTAMP)", [run_id, stage, chunk, written])
         crash_point("mid-commit")
         con.execute("COMMIT")

@@ -1,0 +1,165 @@
+"""`pmg backfill`, `pmg nightly`, `pmg demo`, `pmg gallery`, `pmg status`: the pipeline from the command line."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+EXAMPLE_SQL = (
+    "SELECT user_id, target_movie_id, image_path, round(z, 3) AS z FROM posters ORDER BY user_id LIMIT 10",
+    "SELECT p.user_id, p.keywords AS taste, m.title FROM user_preferences p JOIN posters USING (user_id) "
+    "JOIN movies m ON m.movie_id = posters.target_movie_id LIMIT 10",
+    "SELECT run_id, flow, status, counts FROM runs ORDER BY started_at DESC LIMIT 5",
+)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("backfill", help="generate posters for all (or selected) users and targets")
+    _selection_args(p)
+    _generation_args(p)
+    p.set_defaults(handler=cmd_backfill)
+
+    p = sub.add_parser("nightly", help="ingest new data if given, then regenerate only what changed")
+    p.add_argument("--source", help="MovieLens directory or zip to ingest first")
+    p.add_argument("--config", help="model config TOML (default <warehouse>/pmg.toml or tiny models)")
+    p.set_defaults(handler=cmd_nightly)
+
+    p = sub.add_parser("demo", help="synthesize data, make tiny models, ingest, backfill, write a gallery")
+    p.add_argument("--users", type=int, default=30, help="synthetic users (default 30)")
+    p.add_argument("--movies", type=int, default=200, help="synthetic movies (default 200)")
+    p.add_argument("--steps", type=int, default=4, help="diffusion steps (default 4)")
+    p.add_argument("--size", type=int, default=64, help="image height and width (default 64)")
+    p.add_argument("--candidates", type=int, default=2, help="candidates per (user, target) (default 2)")
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("gallery", help="write an HTML page of users, keywords, candidates and chosen posters")
+    p.add_argument("out", help="output .html file")
+    p.add_argument("--run", help="only posters of this run id")
+    p.add_argument("--limit", type=int, default=100, help="at most this many (user, target) pairs")
+    p.set_defaults(handler=cmd_gallery)
+
+    p = sub.add_parser("status", help="recent runs and failed items")
+    p.set_defaults(handler=cmd_status)
+
+
+def _selection_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to generate")
+    g.add_argument("--movie", type=_id_list, help="target movie id(s) for every selected user, e.g. 1,32")
+    g.add_argument("--targets", help="'holdout' (each user's held-out liked movie) or a CSV/Parquet of user_id,movie_id")
+    g.add_argument("--users", dest="users_file", help="CSV/Parquet/text file of user ids")
+    g.add_argument("--limit-users", type=int, help="only the first N users (by id)")
+    p.add_argument("--config", help="model config TOML (default <warehouse>/pmg.toml or tiny models)")
+
+
+def _generation_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("how")
+    g.add_argument("--candidates", type=int, help="candidates per (user, target) (default 2)")
+    g.add_argument("--alpha", type=float, help="α in z = α·log d_p + (1−α)·log d_t (default 2/3)")
+    g.add_argument("--steps", type=int, help="diffusion steps (default 20)")
+    g.add_argument("--height", type=int, help="image height (default 512)")
+    g.add_argument("--width", type=int, help="image width (default 512)")
+    g.add_argument("--seed", type=int, help="base seed (default 0)")
+    g.add_argument("--chunk-size", type=int, help="items per task (default 16)")
+    g.add_argument("--runner", choices=("thread",), default="thread", help="task runner (default thread)")
+
+
+def _id_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected movie ids like 1,32, got {text!r}") from None
+
+
+def _run_flow(root: Path, debug: bool, fn, **kwargs) -> dict:
+    """Run a flow on the embedded Prefect API with a terminal progress bar."""
+    from flows import prefect_env, progress
+
+    prefect_env.configure(root)
+    if not debug:
+        import os
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "CRITICAL")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "CRITICAL")
+    progress.install(progress.TerminalProgress())
+    with prefect_env.embedded_api(root):
+        return fn(**kwargs)
+
+
+def cmd_backfill(args) -> int:
+    root = Path(args.warehouse)
+    started = time.monotonic()
+    from flows import prefect_env
+    prefect_env.configure(root)
+    from flows.backfill import backfill
+
+    result = _run_flow(root, args.debug, backfill, warehouse=str(root), targets=args.targets, movies=args.movie,
+                       users_file=args.users_file, limit_users=args.limit_users, candidates=args.candidates,
+                       alpha=args.alpha, steps=args.steps, height=args.height, width=args.width, seed=args.seed,
+                       chunk_size=args.chunk_size, config=args.config)
+    print_summary(result, root, time.monotonic() - started)
+    return 0
+
+
+def cmd_nightly(args) -> int:
+    root = Path(args.warehouse)
+    started = time.monotonic()
+    from flows import prefect_env
+    prefect_env.configure(root)
+    from flows.nightly import nightly
+
+    result = _run_flow(root, args.debug, nightly, warehouse=str(root), source=args.source, config=args.config)
+    ing = result.get("ingest")
+    if ing:
+        print(f"Ingested {ing['rows_loaded']} rows ({ing['rows_rejected']} rejected); "
+              f"{ing['changed_users']} users changed.")
+    print_summary(result, root, time.monotonic() - started)
+    return 0
+
+
+def print_summary(result: dict, root: Path, seconds: float, out=sys.stdout) -> None:
+    counts = result["counts"]
+    sel = counts.get("selection", {})
+    w = out.write
+    w(f"\nRun {result['run_id']} finished in {seconds:.1f} s\n")
+    w(f"  users {sel.get('users', 0)}, (user, target) pairs {sel.get('pairs', 0)}")
+    w(f", users without a target {sel['users_without_target']}\n" if sel.get("users_without_target") else "\n")
+    failed = 0
+    for stage in ("item_keywords", "preferences", "generate", "score"):
+        c = counts.get(stage)
+        if c:
+            failed += c["failed"]
+            extra = f"  images {c['images']}" if c.get("images") else ""
+            w(f"  {stage:<14} processed {c['processed']:>5}  skipped {c['skipped']:>5}  failed {c['failed']:>3}{extra}\n")
+    w(f"Images:  {Path(root).resolve() / 'images'}  (content-addressed PNGs)\n")
+    if failed:
+        w(f"{failed} item(s) failed and will be retried by the next run; see: "
+          "pmg sql \"SELECT stage, item_key, error FROM work_ledger WHERE status = 'failed'\"\n")
+    w(f"Query:   pmg sql \"{EXAMPLE_SQL[0]}\"\n")
+
+
+def cmd_demo(args) -> int:
+    from flows import demo
+
+    return demo.run(Path(args.warehouse), args)
+
+
+def cmd_gallery(args) -> int:
+    from flows.gallery import write_gallery
+
+    n = write_gallery(args.warehouse, args.out, args.run, args.limit)
+    print(f"Wrote {args.out} ({n} user/target pairs).")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from warehouse.db import connect_reader
+
+    with connect_reader(args.warehouse) as con:
+        runs = con.execute("SELECT run_id, flow, status, started_at, finished_at FROM runs "
+                           "ORDER BY started_at DESC LIMIT 10").fetchall()
+        failed = con.execute("SELECT stage, count(*) FROM work_ledger WHERE status = 'failed' GROUP BY 1 ORDER BY 1").fetchall()
+        posters = con.execute("SELECT count(*) FROM posters").fetchall()[0][0]
+    for r in runs:
+        print(f"{r[0]:<40} {r[1]:<10} {r[2]:<10} {r[3]} -> {r[4] or ''}")
+    print(f"posters: {posters}; failed items: " + (", ".join(f"{s} {n}" for s, n in failed) or "none"))
+    return 0

@@ -1,0 +1,43 @@
+"""Flow parameters -> the task parameter dict and the run's lineage (checkpoints, prompt version)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tasks import resources
+from tasks.config import check_dirs, load_config
+from tasks.pmg import conditioning, prompts, scoring
+
+# Defaults sized for CPU; real checkpoints on an accelerator want steps 30, 512x512 and bigger chunks.
+DEFAULTS = {
+    "candidates": 2, "alpha": scoring.DEFAULT_ALPHA, "steps": 20, "guidance": 7.5, "height": 512, "width": 512,
+    "seed": 0, "chunk_size": 16, "image_batch": 4, "n_history": 5, "n_pref_keywords": 8, "n_item_keywords": 10,
+    "max_new_tokens_pref": 64, "max_new_tokens_item": 48, "prompt_style": "vicuna",
+    "weights": list(conditioning.DEFAULT_WEIGHTS),
+}
+
+
+def resolve(warehouse, overrides: dict, config: str | None = None) -> tuple[dict, dict]:
+    """(task params, lineage) for a run; checks the model directories and parameter ranges."""
+    cfg = load_config(Path(warehouse), config)
+    check_dirs(cfg)
+    os.environ.setdefault("PMG_DEVICE", cfg.device)
+    p = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    _check(p)
+    checkpoints = {"llm": resources.fingerprint(cfg.llm), "sd": resources.fingerprint(cfg.sd),
+                   "clip": resources.fingerprint(cfg.clip)}
+    version = prompts.prompt_version(p["prompt_style"])
+    p.update(models={k: str(getattr(cfg, k)) for k in ("llm", "sd", "clip")}, checkpoints=checkpoints,
+             prompt_version=version, soft_prompt=None)
+    return p, {"checkpoints": checkpoints, "prompt_version": version, "config": cfg.source}
+
+
+def _check(p: dict) -> None:
+    if not 0.0 <= float(p["alpha"]) <= 1.0:
+        raise ValueError(f"--alpha must lie in [0, 1], got {p['alpha']}")
+    for name in ("candidates", "steps", "chunk_size", "image_batch"):
+        if int(p[name]) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {p[name]}")
+    for name in ("height", "width"):
+        if int(p[name]) < 8 or int(p[name]) % 8:
+            raise ValueError(f"--{name} must be a positive multiple of 8, got {p[name]}")

@@ -1,0 +1,87 @@
+"""Which checkpoints the pipeline uses: a small TOML file, defaulting to the demo's tiny models.
+
+    # <warehouse>/pmg.toml (or --config FILE, env PMG_CONFIG)
+    [models]
+    llm = "/models/Llama-2-7b-chat-hf"          # HF Llama directory
+    sd = "/models/stable-diffusion-v1-5"       # diffusers Stable Diffusion directory
+    clip = "/models/clip-vit-base-patch32"     # HF CLIP directory
+    soft_prompt = ""                           # optional trained soft-prompt directory
+    [runtime]
+    device = "cpu"                             # passed to PMG_DEVICE (see pmg_models/runtime.py)
+
+Relative paths are read relative to the file's directory.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_NAME = "pmg.toml"
+TINY_DIR = Path("models") / "tiny"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    llm: Path      # HF Llama directory
+    sd: Path       # diffusers Stable Diffusion directory
+    clip: Path     # HF CLIP directory
+    soft_prompt: Path | None = None  # trained soft-prompt directory; None = keywords only
+    device: str = "cpu"
+    source: str = "default (tiny random-weight models)"
+
+    def as_dict(self) -> dict:
+        return {"llm": str(self.llm), "sd": str(self.sd), "clip": str(self.clip),
+                "soft_prompt": str(self.soft_prompt) if self.soft_prompt else None, "device": self.device}
+
+
+def tiny_defaults(warehouse: Path) -> ModelConfig:
+    base = Path(warehouse) / TINY_DIR
+    return ModelConfig(llm=base / "llm", sd=base / "sd", clip=base / "clip")
+
+
+def load_config(warehouse: Path, path: Path | str | None = None) -> ModelConfig:
+    """The model config: `path`, else env PMG_CONFIG, else <warehouse>/pmg.toml, else the tiny defaults."""
+    path = path or os.environ.get("PMG_CONFIG") or None
+    if path is None and (Path(warehouse) / CONFIG_NAME).is_file():
+        path = Path(warehouse) / CONFIG_NAME
+    if path is None:
+        return tiny_defaults(warehouse)
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"model config {path} does not exist; create it or drop --config") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"model config {path} is not valid TOML ({e}); fix the file") from None
+    return _from_dict(data, path)
+
+
+def _from_dict(data: dict, path: Path) -> ModelConfig:
+    models = data.get("models", {})
+    unknown = set(models) - {"llm", "sd", "clip", "soft_prompt"}
+    if unknown:
+        raise ValueError(f"model config {path}: unknown key(s) {sorted(unknown)} in [models]; "
+                         "use llm, sd, clip, soft_prompt")
+    missing = [k for k in ("llm", "sd", "clip") if not models.get(k)]
+    if missing:
+        raise ValueError(f"model config {path}: [models] needs {', '.join(missing)} (checkpoint directories)")
+
+    def resolve(value):
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else (path.parent / p)
+
+    soft = models.get("soft_prompt") or None
+    device = str(data.get("runtime", {}).get("device", "cpu")).lower()
+    return ModelConfig(llm=resolve(models["llm"]), sd=resolve(models["sd"]), clip=resolve(models["clip"]),
+                       soft_prompt=resolve(soft) if soft else None, device=device, source=str(path))
+
+
+def check_dirs(cfg: ModelConfig) -> None:
+    """Fail with one sentence if a configured checkpoint directory is missing."""
+    for name in ("llm", "sd", "clip"):
+        d = getattr(cfg, name)
+        if not Path(d).is_dir():
+            raise ValueError(f"{name} checkpoint directory {d} does not exist (from {cfg.source}); "
+                             "run `pmg demo` to create tiny models or point pmg.toml at real checkpoints")

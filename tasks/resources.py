@@ -1,0 +1,84 @@
+"""Process-level model resources: each checkpoint is loaded once per process and reused across chunks.
+
+Models are never task arguments (Prefect would try to hash them): tasks pass checkpoint paths and
+ask here. A per-process device lock keeps two chunks from running on one device at once. Counters
+of loads and model calls let tests prove that finished work makes no model calls.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from pathlib import Path
+
+DEVICE_LOCK = threading.RLock()
+CALLS: collections.Counter = collections.Counter()   # "llm.generate", "sd.generate", "clip.encode_*"
+LOADS: collections.Counter = collections.Counter()   # "llm", "sd", "clip"
+_cache: dict[tuple[str, str], object] = {}
+_cache_lock = threading.Lock()
+_fingerprints: dict[str, str] = {}
+
+
+def _key(path) -> str:
+    return str(Path(path).resolve())
+
+
+def _load(kind: str, path, loader):
+    key = (kind, _key(path))
+    with _cache_lock:
+        if key not in _cache:
+            _cache[key] = loader(Path(path))
+            LOADS[kind] += 1
+        return _cache[key]
+
+
+def llm(path):
+    """The Llama model at `path` (pmg_models.llama.load), loaded once per process."""
+    from pmg_models import llama
+
+    return _load("llm", path, llama.load)
+
+
+def sd(path):
+    """The Stable Diffusion pipeline at `path`, loaded once per process."""
+    from pmg_models.sd.pipeline import StableDiffusion
+
+    return _load("sd", path, StableDiffusion.from_pretrained)
+
+
+def clip(path):
+    """The CLIP model at `path`, loaded once per process."""
+    from pmg_models.clip import CLIPModel
+
+    return _load("clip", path, CLIPModel.from_pretrained)
+
+
+def fingerprint(path) -> str:
+    """Checkpoint fingerprint (config + tensor index hash) without loading the weights."""
+    from pmg_models import checkpoint
+
+    key = _key(path)
+    if key not in _fingerprints:
+        _fingerprints[key] = checkpoint.fingerprint(Path(path))
+    return _fingerprints[key]
+
+
+def count(name: str, n: int = 1) -> None:
+    CALLS[name] += n
+
+
+def model_calls() -> int:
+    """Total model calls made by this process so far."""
+    return sum(CALLS.values())
+
+
+def reset() -> None:
+    """Forget counters (and, for tests, nothing else: loaded models stay cached)."""
+    CALLS.clear()
+    LOADS.clear()
+
+
+def clear_cache() -> None:
+    """Drop loaded models and fingerprints (tests that rewrite checkpoints in place)."""
+    with _cache_lock:
+        _cache.clear()
+        _fingerprints.clear()
