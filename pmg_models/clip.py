@@ -468,7 +468,7 @@ class CLIPModel:
 
     def logits_per_image(self, image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
         """HF `logits_per_image`: exp(logit_scale)·cosine."""
-        scale = float(np.exp(runtime.to_numpy(self.net.logit_scale)))
+        scale = float(np.exp(runtime.to_numpy(self.net.logit_scale).reshape(-1)[0]))
         return scale * np.asarray(image_emb, np.float32) @ np.asarray(text_emb, np.float32).T
 
 
