@@ -157,6 +157,8 @@ def locate_semantic_rejects(con: duckdb.DuckDBPyConnection, name: str, path: Pat
     if not con.execute("select count(*) from bad_rows where source_file = ?", [name]).fetchone()[0]:
         return
     queries.run(con, "ingest_raw_lines", {"path": str(path), "delim": RAW_DELIMITER})
+    if con.execute("select count(*) from raw_rejects").fetchone()[0]:
+        queries.run(con, "ingest_raw_renumber")
     queries.run(con, "ingest_semantic_rejects", {"ingest_id": ingest_id, "file": name})
 
 

@@ -90,9 +90,11 @@ def test_injected_bad_lines_exact_rejects(source_copy, tmp_path):
 def test_bad_movies_links_tags_are_rejected(source_copy, tmp_path):
     movies = source_copy / "movies.csv"
     first_id = read_rows(movies)[1][0]
-    with open(movies, "a", encoding="utf-8") as f:
-        f.write("abc,Broken Id (1999),Drama\n")
-        f.write(f'{first_id},"Duplicate, The (2001)",Comedy\n')
+    n_lines = len(movies.read_text(encoding="utf-8").splitlines())
+    with open(movies, "ab") as f:
+        f.write(b"abc,Broken Id (1999),Drama\n")
+        f.write(b"999991,Caf\xe9 Latin-1 (1999),Drama\n")      # not UTF-8
+        f.write(f'{first_id},"Duplicate, The (2001)",Comedy\n'.encode())
     with open(source_copy / "links.csv", "a", encoding="utf-8") as f:
         f.write("8888888,0012345,\n")
         f.write(f"{first_id},tt12,5\n")
@@ -105,9 +107,12 @@ def test_bad_movies_links_tags_are_rejected(source_copy, tmp_path):
         ("links.csv", "unknown movieId"),
         ("links.csv", "bad id: imdbId is not numeric"),
         ("movies.csv", "bad id: movieId is not a non-negative integer"),
+        ("movies.csv", "invalid encoding: Invalid unicode (byte sequence mismatch) detected in value construction"),
         ("movies.csv", "duplicate movieId: the first one was kept"),
         ("tags.csv", "unknown movieId"),
     ]
+    assert query(root, "select line_number from ingest_rejects where source_file = 'movies.csv' order by 1") == [
+        (n_lines + 1,), (n_lines + 2,), (n_lines + 3,)]
     for f in report.files.values():
         assert f.rows_read == f.rows_loaded + f.rows_rejected
 
