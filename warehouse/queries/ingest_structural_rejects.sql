@@ -10,6 +10,7 @@ select $ingest_id, parse_filename(s.file_path), e.line,
                 then 'bad id: ' || e.column_name || ' is not a non-negative integer'
             when e.error_type = 'CAST' and e.column_name = 'rating' then 'rating is not a number'
             when e.error_type = 'CAST' and e.column_name = 'timestamp' then 'unparseable timestamp'
+            when e.error_type = 'INVALID ENCODING' then 'invalid encoding: the line is not UTF-8'
             else lower(e.error_type) || ': ' || e.error_message
        end
 from rejects e
