@@ -135,7 +135,9 @@ def save_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    # np.ascontiguousarray would turn 0-d tensors (e.g. CLIP logit_scale) into shape [1].
+    save_file({k: np.array(v, copy=not np.asarray(v).flags.c_contiguous) for k, v in tensors.items()},
+              str(tmp), metadata=metadata)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     tmp.replace(path)

@@ -92,3 +92,9 @@ def test_fingerprint_tracks_config_and_weights(tmp_path):
     second = checkpoint.fingerprint(tmp_path)
     (tmp_path / "config.json").write_text('{"hidden_size": 4}')
     assert len({first, second, checkpoint.fingerprint(tmp_path)}) == 3
+
+
+def test_scalar_tensors_keep_their_shape(tmp_path):
+    checkpoint.save_safetensors(tmp_path / "m.safetensors", {"logit_scale": np.array(2.5, np.float32)})
+    (name, arr), = checkpoint.iter_safetensors(tmp_path / "m.safetensors")
+    assert arr.shape == () and float(arr) == 2.5
