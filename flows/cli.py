@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-COMMAND_MODULES = ("data", "models", "pipeline", "method")
+COMMAND_MODULES = ("data", "models", "pipeline", "method", "miniworld")
 EXPECTED_ERRORS = (ValueError, OSError, LookupError, RuntimeError)
 
 
