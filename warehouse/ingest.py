@@ -115,6 +115,8 @@ def load(con: duckdb.DuckDBPyConnection, paths: dict[str, Path], source: str, so
         for name in HEADERS:
             table = name.removesuffix(".csv")
             queries.run(con, f"ingest_check_{table}")
+            if table == "ratings" and queries.run(con, "ingest_sorted_ratings").fetchone()[0]:
+                queries.run(con, "ingest_dups_ratings")
             changed[table] = upsert(con, table, ingest_id)
         queries.run(con, "ingest_structural_rejects", {"ingest_id": ingest_id})
         for name, path in paths.items():

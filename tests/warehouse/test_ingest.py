@@ -227,3 +227,16 @@ def test_report_from_cli(small_source, tmp_path):
     assert "1500 rows" not in result.stderr and "ratings.csv" in result.stdout
     again = pmg("ingest", str(small_source), warehouse=tmp_path / "wh", check=True)
     assert "already ingested" in again.stdout
+
+
+def test_adjacent_duplicate_in_a_sorted_file_is_found(source_copy, tmp_path):
+    path = source_copy / "ratings.csv"
+    lines = path.read_text().splitlines()
+    u, m, r, t = lines[10].split(",")
+    lines.insert(11, f"{u},{m},{r},{int(t) - 1}")                  # same key, older: sorted order kept
+    path.write_text("\n".join(lines) + "\n")
+    root = tmp_path / "wh"
+    report = ingest(source_copy, root)
+    assert report.files["ratings.csv"].rows_rejected == 1
+    assert query(root, "select line_number, reason from ingest_rejects") == [
+        (12, "duplicate (userId, movieId) rating: the newest one was kept")]
