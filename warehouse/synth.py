@@ -186,20 +186,19 @@ def make_links(rng: np.random.Generator, ids: np.ndarray) -> pd.DataFrame:
 
 
 def rating_counts(rng: np.random.Generator, users: int, total: int, movies: int) -> np.ndarray:
-    """Heavy-tailed ratings per user, each >= 20, summing exactly to total."""
+    """Heavy-tailed ratings per user, each >= 20 and <= movies / 2, summing exactly to total."""
     cap = movies // 2
     extra = rng.lognormal(0.0, 1.45, users)
     counts = np.full(users, 20, dtype=np.int64)
     remaining = total - 20 * users
-    for _ in range(50):
-        if remaining <= 0:
-            break
-        room = cap - counts
-        share = np.where(room > 0, extra, 0.0)
-        add = np.minimum(np.floor(share / share.sum() * remaining).astype(np.int64), room)
-        if add.sum() == 0:
-            add[np.flatnonzero(room > 0)[: remaining]] = 1
-        counts += add
+    while remaining > 0:
+        open_ = np.flatnonzero(counts < cap)
+        share = np.floor(extra[open_] / extra[open_].sum() * remaining).astype(np.int64)
+        add = np.minimum(share, cap - counts[open_])
+        if add.sum() == 0:  # the last few: one more each for the heaviest users with room
+            add = np.zeros_like(add)
+            add[np.argsort(-extra[open_])[:remaining]] = 1
+        counts[open_] += add
         remaining = total - int(counts.sum())
     return counts
 
