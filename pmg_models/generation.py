@@ -256,9 +256,11 @@ class Sampling:
 
     def _draw(self, row: np.ndarray, rng: np.random.Generator) -> int:
         u = rng.random()  # drawn every step so a row's random stream does not depend on the filters' output
-        order = np.argsort(-row, kind="stable")
-        if self.top_k:
-            order = order[:self.top_k]
+        if 0 < self.top_k < row.size:
+            top = np.argpartition(-row, self.top_k - 1)[:self.top_k]  # O(V), then sort only k candidates
+            order = top[np.argsort(-row[top], kind="stable")]
+        else:
+            order = np.argsort(-row, kind="stable")
         vals = row[order]
         probs = np.exp(vals - vals[0])
         probs /= probs.sum()

@@ -167,3 +167,17 @@ def test_misshaped_tensor_is_named(tmp_path, tiny_tok):
     (path / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 1}))
     with pytest.raises(checkpoint.CheckpointError, match="model.layers.1"):
         llama.load(path)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_checkpoint_is_cast_to_fp32(tmp_path, tiny_tok, dtype):
+    hf, path = _hf_dir(tmp_path, tiny_tok, "half", kv=2)
+    hf.to(getattr(torch, dtype)).save_pretrained(path, safe_serialization=True)
+    header = checkpoint.read_header(path / "model.safetensors")
+    assert {v["dtype"] for v in header.values()} == {"F16" if dtype == "float16" else "BF16"}
+    lm = llama.load(path)
+    tokens = np.array([lm.tokenizer.encode(PROMPTS[2])])
+    ref_model = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()  # rounded weights, fp32 math
+    with torch.no_grad():
+        ref = ref_model(torch.tensor(tokens)).logits.numpy()
+    assert np.abs(ref - lm.logits(tokens)).max() <= 1e-4
