@@ -255,7 +255,8 @@ def file_sha256(path: Path) -> str:
             if first:
                 chunk, first = chunk.removeprefix(b"\xef\xbb\xbf"), False
             pending = b"\r" if chunk.endswith(b"\r") else b""
-            digest.update(chunk[: len(chunk) - len(pending)].replace(b"\r\n", b"\n"))
+            body = chunk[: len(chunk) - len(pending)] if pending else chunk
+            digest.update(body.replace(b"\r\n", b"\n") if b"\r" in body else body)
     digest.update(pending)
     return digest.hexdigest()
 
