@@ -73,7 +73,8 @@ def write_snapshot(con: duckdb.DuckDBPyConnection, table: str, directory: Path) 
 def publish(con: duckdb.DuckDBPyConnection, root: Path | str, tables: list[str] | None = None) -> list[str]:
     """Publish committed tables (default: all) for readers; only changed tables are re-exported.
 
-    Returns the names whose snapshot was rewritten. The catalog is rebuilt every time (it is small).
+    Call it after COMMIT, outside any open transaction (it runs its own small ones). Returns the names
+    whose snapshot was rewritten. The catalog is rebuilt every time (it holds only views).
     """
     root = Path(root).resolve()
     existing = publishable_tables(con)
