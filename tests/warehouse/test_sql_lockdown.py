@@ -105,3 +105,14 @@ def test_duckdb_itself_refuses_even_without_the_statement_guard(root):
                     "load httpfs", "create table t (i integer)", "export database '/tmp/pmg-export'"]:
             with pytest.raises(duckdb.Error):
                 con.execute(sql)
+
+
+def test_sql_and_ingest_start_without_model_or_prefect_imports(root):
+    import subprocess
+    import sys
+
+    from tests.warehouse.conftest import REPO
+    code = ("import sys; from flows.cli import main; main(['--warehouse', sys.argv[1], 'sql', 'select 1']);"
+            " print(sorted(m for m in ('mindspore', 'prefect', 'torch', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
