@@ -112,7 +112,7 @@ def test_sql_and_ingest_start_without_model_or_prefect_imports(root):
     import sys
 
     from tests.warehouse.conftest import REPO
-    code = ("import sys; from flows.cli import main; main(['--warehouse', sys.argv[1], 'sql', 'select 1']);"
+    code = ("import sys; import warehouse.ingest; from flows.cli import main; main(['--warehouse', sys.argv[1], 'sql', 'select 1']);"
             " print(sorted(m for m in ('mindspore', 'prefect', 'torch', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
