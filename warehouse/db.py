@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -28,11 +29,16 @@ DB_FILE = "warehouse.duckdb"
 LOCK_FILE = "writer.lock"
 # Statement types a reader may run; everything else is refused before DuckDB sees it.
 READ_STATEMENTS = {"SELECT", "EXPLAIN"}
+_HELD: set[tuple[str, int]] = set()  # (root, thread) pairs holding the writer lock in this process
 
 
 @contextlib.contextmanager
 def writer_lock(root: Path, timeout_s: float = 60) -> Iterator[None]:
     """Hold root/writer.lock exclusively; wait up to timeout_s for another pmg process to finish."""
+    key = (str(root), threading.get_ident())
+    if key in _HELD:
+        raise RuntimeError(f"this thread already holds the writer connection to {root}; reuse it instead of"
+                           " opening a second one")
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -50,7 +56,11 @@ def writer_lock(root: Path, timeout_s: float = 60) -> Iterator[None]:
                 time.sleep(0.1)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
     finally:
         os.close(fd)  # closing the descriptor releases the flock
 

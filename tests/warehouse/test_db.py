@@ -90,3 +90,12 @@ def test_reader_on_missing_warehouse_is_a_clear_error(tmp_path):
     with pytest.raises(WarehouseError, match="no warehouse at"):
         with connect_reader(tmp_path / "nothing"):
             pass
+
+
+def test_nested_writer_in_one_thread_fails_fast(tmp_path):
+    with connect_writer(tmp_path / "wh"):
+        with pytest.raises(RuntimeError, match="already holds the writer"):
+            with connect_writer(tmp_path / "wh", timeout_s=30):
+                pass
+    with connect_writer(tmp_path / "wh"):                    # released afterwards
+        pass
