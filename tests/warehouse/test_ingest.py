@@ -42,6 +42,7 @@ def inject_ratings(path: Path) -> tuple[dict[int, str], dict]:
         (f"{u0},{m0},0.0,964982703", "rating is not a half star between 0.5 and 5.0"),
         (f"{u0},{m0},4.0,yesterday", "unparseable timestamp"),
         (f"{u0},9999999,4.0,964982703", "unknown movieId"),
+        (f"3000000000,{m0},4.0,964982703", "bad id: userId and movieId must be below 2^31"),
         (f"{u0},{m0},four,964982703", "rating is not a number"),
         (older_dup, "duplicate (userId, movieId) rating: the newest one was kept"),
         (newer_dup, None),
@@ -98,6 +99,7 @@ def test_bad_movies_links_tags_are_rejected(source_copy, tmp_path):
     with open(source_copy / "links.csv", "a", encoding="utf-8") as f:
         f.write("8888888,0012345,\n")
         f.write(f"{first_id},tt12,5\n")
+        f.write(f"{first_id},0012345,-7\n")
     with open(source_copy / "tags.csv", "a", encoding="utf-8") as f:
         f.write("1,8888888,lost,964982703\n")
     root = tmp_path / "wh"
@@ -106,6 +108,7 @@ def test_bad_movies_links_tags_are_rejected(source_copy, tmp_path):
     assert reasons == [
         ("links.csv", "unknown movieId"),
         ("links.csv", "bad id: imdbId is not numeric"),
+        ("links.csv", "bad id: tmdbId is not a non-negative integer"),
         ("movies.csv", "bad id: movieId is not a non-negative integer"),
         ("movies.csv", "invalid encoding: the line is not UTF-8"),
         ("movies.csv", "duplicate movieId: the first one was kept"),

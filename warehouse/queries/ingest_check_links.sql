@@ -3,8 +3,9 @@ insert into bad_rows
 select 'links.csv', rowid,
        case when movie_id is null or imdb_id is null then 'missing value'
             when movie_id = 0 then 'bad id: movieId must be positive'
+            when movie_id > 2147483647 then 'bad id: movieId must be below 2^31'
             when not regexp_full_match(imdb_id, '[0-9]+') then 'bad id: imdbId is not numeric'
-            when tmdb_id is not null and try_cast(tmdb_id as uinteger) is null then 'bad id: tmdbId is not a non-negative integer'
+            when tmdb_id is not null and (try_cast(tmdb_id as integer) is null or tmdb_id like '-%') then 'bad id: tmdbId is not a non-negative integer'
             when movie_id not in (select movie_id from movies) then 'unknown movieId'
        end as reason
 from stg_links

@@ -3,9 +3,10 @@ insert into bad_rows
 select 'movies.csv', rowid,
        case when movie_id is null or title is null or genres is null then 'missing value'
             when movie_id = 0 then 'bad id: movieId must be positive'
+            when movie_id > 2147483647 then 'bad id: movieId must be below 2^31'
        end
 from stg_movies
-where movie_id is null or title is null or genres is null or movie_id = 0;
+where movie_id is null or title is null or genres is null or movie_id = 0 or movie_id > 2147483647;
 
 insert into bad_rows
 select 'movies.csv', pos, 'duplicate movieId: the first one was kept'

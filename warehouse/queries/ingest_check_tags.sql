@@ -3,6 +3,7 @@ insert into bad_rows
 select 'tags.csv', rowid,
        case when user_id is null or movie_id is null or tag is null or ts is null then 'missing value'
             when user_id = 0 or movie_id = 0 then 'bad id: userId and movieId must be positive'
+            when user_id > 2147483647 or movie_id > 2147483647 then 'bad id: userId and movieId must be below 2^31'
             when ts < 0 or ts > 32503680000 then 'timestamp out of range'
             when movie_id not in (select movie_id from movies) then 'unknown movieId'
        end as reason
