@@ -40,7 +40,7 @@ def batch_bucket(n: int, max_batch: int) -> int:
 class _Prefill(ms.nn.Cell):
     # Jitting a Cell that holds the runner compiles once; passing the runner as an argument recompiles per call.
     def __init__(self, runner: llama.KVRunner):
-        super().__init__()
+        super().__init__(auto_prefix=False)
         self.runner = runner
 
     def construct(self, input_ids, position_ids, mask, index):

@@ -297,15 +297,15 @@ class KVRunner(nn.Cell):
     """
 
     def __init__(self, lm: LlamaForCausalLM, batch: int, length: int):
-        super().__init__()
+        super().__init__(auto_prefix=False)  # holding `lm` must not rename its parameters
         cfg = lm.cfg
         self.lm, self.batch, self.length = lm, batch, length
         shape = (batch, cfg.num_key_value_heads, length, cfg.head_dim)
         dtype = runtime.np_compute_dtype()
-        self.k_cache = ms.ParameterTuple([Parameter(Tensor(np.zeros(shape, dtype)), name=f"k_cache.{i}",
-                                                    requires_grad=False) for i in range(cfg.num_hidden_layers)])
-        self.v_cache = ms.ParameterTuple([Parameter(Tensor(np.zeros(shape, dtype)), name=f"v_cache.{i}",
-                                                    requires_grad=False) for i in range(cfg.num_hidden_layers)])
+        self.k_cache = ms.ParameterTuple([_cache_param(shape, dtype, f"k_cache.{batch}x{length}.{i}")
+                                          for i in range(cfg.num_hidden_layers)])
+        self.v_cache = ms.ParameterTuple([_cache_param(shape, dtype, f"v_cache.{batch}x{length}.{i}")
+                                          for i in range(cfg.num_hidden_layers)])
         self.scatter = ops.ScatterNdUpdate()
 
     def prefill(self, input_ids, position_ids, mask, index):
@@ -330,6 +330,10 @@ class KVRunner(nn.Cell):
         for i, layer in enumerate(model.layers):
             h = layer.step(h, cos, sin, mask, self.k_cache[i], self.v_cache[i], index)
         return self.lm.logits(model.norm(h[:, -1]))
+
+
+def _cache_param(shape, dtype, name: str) -> Parameter:
+    return Parameter(Tensor(np.zeros(shape, dtype)), name=name, requires_grad=False)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -159,6 +159,10 @@ def test_fingerprint_and_info(tiny):
     assert llama.LlamaConfig.from_hf(cfg) == lm.config
     n = sum(int(np.prod(p.shape)) for p in lm.net.get_parameters())
     assert n == lm.config.num_parameters
+    names = [p.name for p in lm.net.get_parameters()]
+    lm.generate(["x"], max_new_tokens=2)
+    assert [p.name for p in lm.net.get_parameters()] == names  # KV runners must not rename the model's params
+    assert names[0] == "model.embed_tokens.weight"
 
 
 def test_gradients_flow_to_prefix_kv_and_soft_tokens(tiny):
