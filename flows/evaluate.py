@@ -1,0 +1,310 @@
+"""Evaluation: PMG against the non-personalized baseline and the ablations on held-out (user, target) pairs.
+
+Variants (K candidates each): baseline = target keywords only; pmg = target + preference keywords +
+soft embeddings; keywords = target + preference keywords; soft = target keywords + soft embeddings.
+Scores per candidate: CLIP d_p / d_t against the keyword texts (as the original) and, with a posters
+directory, against the history posters / the target poster (image–image), SSIM against the target
+and history posters. z is computed at every α of the sweep; the selected candidate per α is marked.
+Outputs: the `evaluations` table (one row per run, variant, pair, candidate and α), results.csv,
+summary.csv, summary.md and alpha_sweep.png in the run's directory.
+
+Idempotence: every run gets a new run id and directory; `run_id=` replaces that run's rows and files.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from prefect import flow
+
+from flows.train import new_run_id, record_run, resolve_models
+from tasks import evaluation as E
+from tasks import resources
+from tasks.pmg import conditioning, prompts, scoring
+
+LPIPS_NOTE = ("LPIPS skipped: pass --lpips-weights with the LPIPS backbone weights to request it; note that this "
+              "version does not implement LPIPS yet (CLIP and SSIM scores are reported)")
+ROW_FIELDS = ("run_id", "variant", "user_id", "target_movie_id", "candidate", "seed", "weight", "w_soft", "alpha",
+              "d_p", "d_t", "z", "selected", "d_p_text", "d_t_text", "d_p_image", "d_t_image", "ssim_target",
+              "ssim_history", "lpips_target", "lpips_history", "prompt", "image_path")
+GEN_BATCH = 8
+
+
+def soft_prompt_file(path: Path) -> Path:
+    """A soft-prompt file, or the soft_prompt.safetensors inside a training output directory."""
+    path = Path(path)
+    return path / "soft_prompt.safetensors" if path.is_dir() else path
+
+
+def headline_alpha(alphas: Sequence[float], alpha: float) -> tuple[list[float], float]:
+    """The sweep (with `alpha` added unless a value within 1e-3 is already in it) and the summary's α."""
+    alphas = sorted(dict.fromkeys(float(a) for a in alphas))
+    near = [a for a in alphas if abs(a - alpha) <= 1e-3]
+    if near:
+        return alphas, near[0]
+    return sorted(alphas + [float(alpha)]), float(alpha)
+
+
+def generate_images(pipe, jobs: list[E.Job], soft_emb: np.ndarray | None, steps: int, size: int, guidance: float,
+                    w_soft: float) -> list[np.ndarray]:
+    """uint8 images for the jobs, in batches that share soft conditioning (all with or all without)."""
+    negative = conditioning.negative_prompt("movie")
+    out: list[np.ndarray | None] = [None] * len(jobs)
+    for soft in (False, True):
+        idx = [i for i, j in enumerate(jobs) if j.soft == soft]
+        for a in range(0, len(idx), GEN_BATCH):
+            part = idx[a:a + GEN_BATCH]
+            extra = soft_emb[[jobs[i].pair for i in part]] if soft else None
+            with resources.DEVICE_LOCK:
+                pics = pipe.generate([list(jobs[i].segments) for i in part], [jobs[i].seed for i in part], steps=steps,
+                                     guidance=guidance, height=size, width=size, negative_prompt=negative,
+                                     extra_tokens=extra, extra_scale=w_soft)
+            resources.count("sd.generate", len(part))
+            for i, pic in zip(part, pics):
+                out[i] = pic
+    return out
+
+
+def clip_scores(model, pairs: list[E.Pair], item_kw, images: list[np.ndarray], jobs: list[E.Job],
+                posters: Path | None) -> list[dict]:
+    """Per job: d_p_text, d_t_text and (posters permitting) d_p_image, d_t_image as CLIP 100·cos."""
+    texts = []
+    for p in pairs:
+        texts += list(scoring.clip_texts(E.target_kw(p, item_kw), p.pref_keywords or []))
+    with resources.DEVICE_LOCK:
+        img = model.encode_image(images)
+        txt = model.encode_text(texts)
+    sim_text = model.similarity(img, txt)
+    movies = sorted({p.target_movie_id for p in pairs} | set(E.history_movie_ids(pairs)))
+    found = {m: E.read_poster(posters, m) for m in movies} if posters is not None else {}
+    found = {m: a for m, a in found.items() if a is not None}
+    poster_ids = list(found)
+    sim_img = model.similarity(img, model.encode_image([found[m] for m in poster_ids])) if poster_ids else None
+    col = {m: i for i, m in enumerate(poster_ids)}
+    out = []
+    for n, j in enumerate(jobs):
+        p = pairs[j.pair]
+        hist = [col[h["movie_id"]] for h in p.history if h["movie_id"] in col]
+        out.append({"d_p_text": float(sim_text[n, 2 * j.pair + 1]), "d_t_text": float(sim_text[n, 2 * j.pair]),
+                    "d_p_image": float(sim_img[n, hist].mean()) if hist else None,
+                    "d_t_image": float(sim_img[n, col[p.target_movie_id]]) if p.target_movie_id in col else None})
+    return out
+
+
+def write_csv(path: Path, rows: list[dict], fields: Sequence[str]) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: "" if r.get(k) is None or (isinstance(r.get(k), float) and math.isnan(r[k])) else r[k]
+                        for k in fields})
+    os.replace(tmp, path)
+    return path
+
+
+def _fmt(x, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{100 * x:+.1f}%" if pct else f"{x:.4f}"
+
+
+def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Sequence[str], skipped: dict[str, str],
+                   notes: list[str], settings: dict) -> Path:
+    """summary.md: one table row per variant (skipped variants say why), then the notes and settings."""
+    lines = [f"# PMG evaluation `{run_id}`", "",
+             f"{settings['pairs']} held-out (user, target) pairs, {settings['candidates']} candidates per variant, "
+             f"selection at α = {settings['alpha']:.3f} (z = α·log d_p + (1−α)·log d_t).", "",
+             "| variant | pairs | mean d_p | mean d_t | d_p > baseline | Δ d_t vs baseline | d_p text | d_t text "
+             "| d_p image | d_t image | SSIM target | SSIM history |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    by = {r["variant"]: r for r in summary}
+    for v in E.VARIANTS:
+        if v in by:
+            r = by[v]
+            w = r["win_rate_d_p"]
+            win = "—" if v == "baseline" or math.isnan(w) else f"{100 * w:.0f}%"
+            lines.append(f"| {E.VARIANT_TITLES[v]} | {r['pairs']} | {_fmt(r['mean_d_p'])} | {_fmt(r['mean_d_t'])} "
+                         f"| {win} | {'—' if v == 'baseline' else _fmt(r['rel_change_d_t'], True)} "
+                         f"| {_fmt(r['mean_d_p_text'])} | {_fmt(r['mean_d_t_text'])} | {_fmt(r['mean_d_p_image'])} "
+                         f"| {_fmt(r['mean_d_t_image'])} | {_fmt(r['mean_ssim_target'])} "
+                         f"| {_fmt(r['mean_ssim_history'])} |")
+        else:
+            lines.append(f"| {E.VARIANT_TITLES[v]} | skipped: {skipped.get(v, 'not requested')} |"
+                         + " |" * 10)
+    lines += ["", "d_p / d_t: CLIP 100·cos of the selected image with the preference / target keyword text, "
+              "blended geometrically with the image–image score (history posters / target poster) when posters "
+              "exist. \"d_p > baseline\": share of pairs whose selected image has a higher d_p than the baseline's "
+              "(ties count half). Δ d_t: relative change of mean d_t against the baseline.", "", "## Notes", ""]
+    lines += [f"- {n}" for n in notes]
+    lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_plot(path: Path, curves: dict[str, list[tuple]], alpha: float) -> Path:
+    """d_p against d_t of the selected images, one line per variant across α (annotated)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
+    for v, pts in curves.items():
+        pts = [q for q in pts if math.isfinite(q[1]) and math.isfinite(q[2])]
+        if not pts:
+            continue
+        ax.plot([q[2] for q in pts], [q[1] for q in pts], marker="o", ms=4, label=E.VARIANT_TITLES[v])
+        for a, dp, dt in pts:
+            ax.annotate(f"{a:.2g}", (dt, dp), textcoords="offset points", xytext=(3, 3), fontsize=7,
+                        fontweight="bold" if abs(a - alpha) < 1e-9 else "normal")
+    ax.set_xlabel("d_t (target fidelity, mean of selected)")
+    ax.set_ylabel("d_p (personalization, mean of selected)")
+    ax.set_title("PMG: d_p vs d_t across α (labels = α)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _insert(rows: list[dict], run_id: str):
+    """Writer callback: replace the run's rows (NaN and None become NULL)."""
+    def write(con):
+        import pandas as pd
+
+        from warehouse import queries
+
+        frame = pd.DataFrame({c: pd.Series([_null(r.get(c)) for r in rows], dtype=object) for c in ROW_FIELDS})
+        queries.run(con, "eval_delete_run", {"run_id": run_id})
+        con.register("eval_rows", frame)
+        try:
+            queries.run(con, "eval_insert")
+        finally:
+            con.unregister("eval_rows")
+    return write
+
+
+def _null(x):
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
+def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | None = None, config: str | None = None,
+                 llm: str | None = None, sd: str | None = None, clip: str | None = None,
+                 alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.667, 0.75, 1.0), alpha: float = scoring.DEFAULT_ALPHA,
+                 candidates: int = 2, steps: int = 20, size: int | None = None, guidance: float = 7.5,
+                 w_soft: float = 1.0, seed: int = 0, limit_users: int | None = None, lpips_weights: str | None = None,
+                 out: str | None = None, run_id: str | None = None, n_history: int = 5,
+                 prompt_style: str = "vicuna") -> dict:
+    """Run the evaluation; returns a summary dict (run id, paths, per-variant summary, notes)."""
+    from pmg_models import soft_prompt as S
+    from warehouse.db import connect_reader
+
+    if lpips_weights:
+        raise ValueError(f"--lpips-weights {lpips_weights}: LPIPS is not implemented in this version of pmg evaluate; "
+                         "drop the flag (CLIP and SSIM scores are reported)")
+    if candidates < 1 or steps < 1:
+        raise ValueError("--candidates and --steps must be at least 1")
+    posters_dir = Path(posters) if posters else None
+    if posters_dir is not None and not posters_dir.is_dir():
+        raise ValueError(f"posters directory {posters_dir} does not exist; pass --posters DIR with <movieId>.png files")
+    alphas, alpha = headline_alpha(alphas, alpha)
+    models = resolve_models(warehouse, config, llm=llm, sd=sd, clip=clip, soft_prompt=soft_prompt)
+    run_id = run_id or new_run_id("evaluate")
+    out_dir = Path(out) if out else Path(warehouse) / "evaluations" / run_id
+    notes = [LPIPS_NOTE]
+    if posters_dir is None:
+        notes.append("No --posters: image–image scores and SSIM were not computed; d_p and d_t are CLIP text scores.")
+
+    lm, pipe, clip_model = (resources.llm(models["llm"]), resources.sd(models["sd"]), resources.clip(models["clip"]))
+    with connect_reader(Path(warehouse)) as con:
+        pairset = E.select_pairs(con, posters_dir, limit_users, n_history, prompt_style)
+    pairs, item_kw = pairset.pairs, pairset.item_keywords
+    if not pairs:
+        raise ValueError(f"no held-out pairs: none of the {pairset.stats['users']} users has a liked movie to hold out "
+                         "and a history left; ingest more ratings")
+    made_items = E.fill_item_keywords(lm, pairset, [p.target_movie_id for p in pairs] + E.history_movie_ids(pairs),
+                                      style=prompt_style, seed=seed)
+    made_prefs = E.fill_preferences(lm, pairset, style=prompt_style, seed=seed)
+    notes.append(f"Keywords: {made_items} movies' poster keywords and {made_prefs} users' preference keywords were "
+                 "generated for this run (the rest came from the warehouse).")
+
+    soft_emb, skipped = None, {}
+    if models["soft_prompt"] is not None:
+        path = soft_prompt_file(models["soft_prompt"])
+        soft = S.load(path, llm_fingerprint=lm.fingerprint, sd_fingerprint=pipe.fingerprint, llm=lm.config,
+                      sd_width=pipe.text_width)
+        soft_emb = S.embed(soft, lm, [E.soft_text(p, item_kw, prompt_style) for p in pairs])
+        variants = list(E.VARIANTS)
+        notes.append(f"Soft prompt: {path}.")
+    else:
+        variants = ["baseline", "keywords"]
+        reason = "no soft prompt given (--soft-prompt); PMG without soft embeddings equals 'keywords only'"
+        skipped = {"pmg": reason, "soft": "no soft prompt given (--soft-prompt)"}
+        notes.append("No soft prompt given (--soft-prompt or the model config's soft_prompt): the soft-embeddings-only "
+                     "variant was skipped, and PMG full without its soft part is the 'keywords only' row.")
+
+    size = int(size or pipe.default_size)
+    jobs = E.plan_jobs(pairs, item_kw, variants, candidates, seed)
+    images = generate_images(pipe, jobs, soft_emb, steps, size, guidance, w_soft)
+    sims = clip_scores(clip_model, pairs, item_kw, images, jobs, posters_dir)
+    cache = {}
+    base = []
+    for j, img, s in zip(jobs, images, sims):
+        p = pairs[j.pair]
+        if posters_dir is not None:
+            if p.target_movie_id not in cache:
+                cache[p.target_movie_id] = E.read_poster(posters_dir, p.target_movie_id)
+            hist = [E.read_poster(posters_dir, h["movie_id"]) for h in p.history]
+            ssim_t, ssim_h = E.ssim_scores(img, cache[p.target_movie_id], [h for h in hist if h is not None])
+        else:
+            ssim_t = ssim_h = math.nan
+        rel = Path("images") / j.variant / f"u{p.user_id}_m{p.target_movie_id}_c{j.candidate}.png"
+        base.append({"run_id": run_id, "variant": j.variant, "user_id": p.user_id, "target_movie_id": p.target_movie_id,
+                     "candidate": j.candidate, "seed": j.seed, "weight": j.w, "w_soft": w_soft if j.soft else None,
+                     **s, "ssim_target": ssim_t, "ssim_history": ssim_h, "lpips_target": None, "lpips_history": None,
+                     "prompt": conditioning.prompt_text(j.segments), "image_path": rel.as_posix()})
+    _save_images(out_dir, base, images)
+    rows = E.score_rows(base, alphas)
+    summary = E.summarize(rows, alpha, variants)
+    settings = {"pairs": len(pairs), "candidates": candidates, "alpha": alpha, "alphas": alphas, "steps": steps,
+                "size": size, "guidance": guidance, "w_soft": w_soft, "seed": seed, "limit_users": limit_users,
+                "posters": str(posters_dir) if posters_dir else None,
+                "soft_prompt": str(models["soft_prompt"]) if models["soft_prompt"] else None,
+                "llm": lm.fingerprint, "sd": pipe.fingerprint, "clip": clip_model.fingerprint,
+                "prompt_version": prompts.prompt_version(prompt_style)}
+    files = {"results_csv": write_csv(out_dir / "results.csv", rows, ROW_FIELDS),
+             "summary_csv": write_csv(out_dir / "summary.csv", summary, list(summary[0])),
+             "markdown": write_markdown(out_dir / "summary.md", run_id, summary, variants, skipped, notes, settings),
+             "plot": write_plot(out_dir / "alpha_sweep.png", E.sweep(rows, variants), alpha)}
+    record_run(warehouse, run_id, "evaluate", settings, {"llm": lm.fingerprint, "sd": pipe.fingerprint,
+                                                         "clip": clip_model.fingerprint},
+               settings["prompt_version"], "completed", {"pairs": len(pairs), "rows": len(rows), "images": len(images)},
+               _insert(rows, run_id), ("evaluations",))
+    return {"run_id": run_id, "out_dir": str(out_dir), "pairs": len(pairs), "variants": variants, "alpha": alpha,
+            "rows": len(rows), "summary": summary, "notes": notes, **{k: str(v) for k, v in files.items()}}
+
+
+def _save_images(out_dir: Path, base: list[dict], images: list[np.ndarray]) -> None:
+    from PIL import Image
+
+    for r, img in zip(base, images):
+        path = out_dir / r["image_path"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.png")
+        Image.fromarray(img).save(tmp)
+        os.replace(tmp, path)
+
+
+@flow(name="evaluate")
+def evaluate(warehouse: str, **kwargs) -> dict:
+    """Prefect entry point (deployments); see evaluate_run for the parameters."""
+    return evaluate_run(warehouse, **kwargs)

@@ -1,0 +1,263 @@
+"""Held-out (user, target) pairs for soft-prompt training and evaluation, and the evaluation's arithmetic.
+
+Pairs follow the pipeline's holdout protocol (tasks.targets): each user's most recent liked movie is
+the target and is left out of the history. Keywords come from the warehouse when the pipeline
+stored them (item_keywords; user_preferences whose history fingerprint equals the held-out
+history's); missing ones are generated here with the same prompts and parser as the pipeline.
+Posters are PNG files named `<movieId>.png` in a posters directory.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from tasks import targets
+from tasks.pmg import conditioning, history, keywords, metrics, prompts, scoring
+from warehouse import queries
+
+VARIANTS = ("baseline", "pmg", "keywords", "soft")
+VARIANT_TITLES = {"baseline": "baseline (target keywords only)", "pmg": "PMG (keywords + soft embeddings)",
+                  "keywords": "keywords only", "soft": "soft embeddings only"}
+
+
+@dataclass
+class Pair:
+    user_id: int
+    target_movie_id: int
+    title: str
+    genres: list[str]
+    history: list[dict]              # liked items (movie_id, title, genres, rating, rated_at), target left out
+    history_fingerprint: str
+    pref_keywords: list[str] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.user_id}:{self.target_movie_id}"
+
+
+@dataclass
+class PairSet:
+    pairs: list[Pair]
+    item_keywords: dict[int, list[str]]                    # movie -> poster keywords (stored or generated)
+    movies: dict[int, tuple[str, list[str]]]               # movie -> (title, genres), targets and histories
+    stats: dict = field(default_factory=dict)
+
+
+def poster_path(posters: Path | None, movie_id: int) -> Path | None:
+    if posters is None:
+        return None
+    path = Path(posters) / f"{int(movie_id)}.png"
+    return path if path.is_file() else None
+
+
+def read_poster(posters: Path | None, movie_id: int) -> np.ndarray | None:
+    """uint8 (H, W, 3) poster of a movie, or None when the directory has none."""
+    from PIL import Image
+
+    path = poster_path(posters, movie_id)
+    if path is None:
+        return None
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _with_ids(con, name: str, column: str, ids: Sequence[int], params: dict | None = None) -> list[tuple]:
+    con.register("ids", pd.DataFrame({column: pd.Series(list(ids), dtype="int64")}))
+    try:
+        return queries.run(con, name, params).fetchall()
+    finally:
+        con.unregister("ids")
+
+
+def select_pairs(con, posters: Path | None = None, limit_users: int | None = None, n_history: int = 5,
+                 style: str = "vicuna", require_poster: bool = False) -> PairSet:
+    """Held-out pairs of the first `limit_users` users; with `require_poster`, only targets that have a poster."""
+    users = targets.select_users(con, limit=limit_users)
+    sel = targets.select_targets(con, users, targets="holdout")
+    hist = targets.histories(con, sel, n_history)
+    version = prompts.prompt_version(style)
+    stats = {"users": len(users), "without_target": sel.users_without_target, "without_poster": 0,
+             "without_history": 0}
+    pairs = []
+    for user_id, movie_id in sel.pairs:
+        if require_poster and poster_path(posters, movie_id) is None:
+            stats["without_poster"] += 1
+            continue
+        items = hist.get(user_id, [])
+        if not items:
+            stats["without_history"] += 1
+            continue
+        pairs.append(Pair(user_id, movie_id, "", [], items, history.history_fingerprint(items, n_history, version)))
+    movie_ids = sorted({p.target_movie_id for p in pairs} | {h["movie_id"] for p in pairs for h in p.history})
+    movies = {int(m): (t or "", list(g or [])) for m, t, g in _with_ids(con, "pipeline_movies", "movie_id", movie_ids)}
+    for p in pairs:
+        p.title, p.genres = movies.get(p.target_movie_id, ("", []))
+    item_kw = {int(m): list(k or []) for m, k in _with_ids(con, "pipeline_item_keywords", "movie_id", movie_ids)}
+    stored = {int(u): (list(k or []), fp) for u, k, fp in
+              _with_ids(con, "pipeline_preferences", "user_id", [p.user_id for p in pairs])}
+    for p in pairs:
+        kw, fp = stored.get(p.user_id, (None, None))
+        p.pref_keywords = kw if fp == p.history_fingerprint else None
+    stats["pairs"] = len(pairs)
+    return PairSet(pairs, item_kw, movies, stats)
+
+
+def fill_item_keywords(lm, pairset: PairSet, movie_ids: Sequence[int], n: int = 10, style: str = "vicuna",
+                       max_new_tokens: int = 48, seed: int = 0) -> int:
+    """Generate poster keywords for the movies that have none yet (as the pipeline's item stage)."""
+    todo = [m for m in dict.fromkeys(movie_ids) if m not in pairset.item_keywords]
+    if todo:
+        texts = [prompts.build_item_prompt(*pairset.movies.get(m, ("", [])), "", n, style) for m in todo]
+        outs = lm.generate(texts, max_new_tokens=max_new_tokens, temperature=0.0, stop=["###", "</s>"], seed=seed)
+        for m, raw in zip(todo, outs):
+            pairset.item_keywords[m] = keywords.parse_keywords(raw, n).keywords
+    return len(todo)
+
+
+def fill_preferences(lm, pairset: PairSet, n: int = 8, style: str = "vicuna", max_new_tokens: int = 64,
+                     seed: int = 0) -> int:
+    """Generate preference keywords for pairs without stored ones for their held-out history."""
+    todo = [p for p in pairset.pairs if p.pref_keywords is None]
+    if todo:
+        texts = [prompts.build_preference_prompt(items_text(p, pairset.item_keywords), n, style) for p in todo]
+        outs = lm.generate(texts, max_new_tokens=max_new_tokens, temperature=0.0, stop=["###", "</s>"], seed=seed)
+        for p, raw in zip(todo, outs):
+            p.pref_keywords = keywords.parse_keywords(raw, n).keywords
+    return len(todo)
+
+
+def history_movie_ids(pairs: Sequence[Pair]) -> list[int]:
+    return sorted({h["movie_id"] for p in pairs for h in p.history})
+
+
+def items_text(pair: Pair, item_kw: dict[int, list[str]]) -> str:
+    return history.serialize_items(pair.history, item_kw)
+
+
+def soft_text(pair: Pair, item_kw: dict[int, list[str]], style: str = "vicuna") -> str:
+    """Input of the soft-prompt model for this user (same text at training and generation)."""
+    return prompts.build_soft_prompt(items_text(pair, item_kw), style)
+
+
+def target_kw(pair: Pair, item_kw: dict[int, list[str]]) -> list[str]:
+    return conditioning.target_keywords(pair.title, item_kw.get(pair.target_movie_id))
+
+
+# ---------------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class Job:
+    """One image of the evaluation: variant, pair index, candidate, seed, keyword weight w, soft or not."""
+    variant: str
+    pair: int
+    candidate: int
+    seed: int
+    w: float
+    soft: bool
+    segments: tuple
+
+
+def plan_jobs(pairs: Sequence[Pair], item_kw, variants: Sequence[str], k: int, base_seed: int,
+              weights: Sequence[float] = conditioning.DEFAULT_WEIGHTS) -> list[Job]:
+    """K candidates per (variant, pair).
+
+    Keyword variants (pmg, keywords) use the pipeline's grid (seed slot, w): with K = 2 the original's
+    w ∈ {1, 2} on one seed. Variants without preference keywords (baseline, soft) vary the seed slot
+    instead (0..K−1), so their candidates differ. Seed slot s gives the same seed in every variant.
+    """
+    grid = conditioning.candidate_grid(k, weights=tuple(weights))
+    jobs = []
+    for v in variants:
+        with_kw = v in ("pmg", "keywords")
+        for i, p in enumerate(pairs):
+            tkw = target_kw(p, item_kw)
+            for c in (grid if with_kw else [conditioning.Candidate(j, j, 0.0) for j in range(k)]):
+                segs = conditioning.sd_prompt_segments(tkw, (p.pref_keywords or []) if with_kw else [], c.w)
+                seed = conditioning.candidate_seed(base_seed, p.user_id, p.target_movie_id, c.seed_slot)
+                jobs.append(Job(v, i, c.index, seed, c.w, v in ("pmg", "soft"), tuple(segs)))
+    return jobs
+
+
+def ssim_scores(image: np.ndarray, target: np.ndarray | None, history_posters: Sequence[np.ndarray]) -> tuple:
+    """(SSIM vs target poster, mean SSIM vs history posters); posters resized to the image size; NaN if absent."""
+    from PIL import Image
+
+    def fit(ref):
+        if ref.shape[:2] == image.shape[:2]:
+            return ref
+        return np.asarray(Image.fromarray(ref).resize((image.shape[1], image.shape[0]), Image.BICUBIC))
+
+    t = metrics.ssim(image, fit(target)) if target is not None else math.nan
+    h = metrics.mean_ssim_to(image, [fit(r) for r in history_posters]) if history_posters else math.nan
+    return t, h
+
+
+def score_rows(base: list[dict], alphas: Sequence[float], image_weight: float = scoring.DEFAULT_IMAGE_WEIGHT) -> list[dict]:
+    """Per (variant, pair): z at every α over its K candidates and the selected one; rows per candidate and α.
+
+    `base` rows carry variant, user_id, target_movie_id, candidate and the raw d_p_text, d_t_text,
+    d_p_image, d_t_image (None when no posters).
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in base:
+        groups.setdefault((r["variant"], r["user_id"], r["target_movie_id"]), []).append(r)
+    out = []
+    for rows in groups.values():
+        rows = sorted(rows, key=lambda r: r["candidate"])
+        col = lambda name: None if rows[0][name] is None else [r[name] for r in rows]  # noqa: E731
+        for alpha in alphas:
+            sc = scoring.score_candidates(col("d_p_text"), col("d_t_text"), col("d_p_image"), col("d_t_image"),
+                                          alpha, image_weight)
+            best = scoring.select_best([s.z for s in sc])
+            for r, s in zip(rows, sc):
+                out.append({**r, "alpha": float(alpha), "d_p": s.d_p, "d_t": s.d_t, "z": s.z,
+                            "selected": r["candidate"] == rows[best]["candidate"]})
+    return out
+
+
+SUMMARY_METRICS = ("d_p", "d_t", "d_p_text", "d_t_text", "d_p_image", "d_t_image", "ssim_target", "ssim_history")
+
+
+def _mean(values) -> float:
+    v = np.asarray([np.nan if x is None else x for x in values], np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else math.nan
+
+
+def summarize(rows: list[dict], alpha: float, variants: Sequence[str]) -> list[dict]:
+    """Per variant at α: means of the selected candidates' scores, and the comparison with the baseline."""
+    chosen = [r for r in rows if r["selected"] and math.isclose(r["alpha"], alpha, abs_tol=1e-9)]
+    by_variant = {v: sorted((r for r in chosen if r["variant"] == v), key=lambda r: (r["user_id"], r["target_movie_id"]))
+                  for v in variants}
+    base = {(r["user_id"], r["target_movie_id"]): r for r in by_variant.get("baseline", [])}
+    out = []
+    for v in variants:
+        sel = by_variant[v]
+        row = {"variant": v, "alpha": alpha, "pairs": len(sel), **{f"mean_{m}": _mean(r[m] for r in sel)
+                                                                     for m in SUMMARY_METRICS}}
+        paired = [(r, base[(r["user_id"], r["target_movie_id"])]) for r in sel
+                  if (r["user_id"], r["target_movie_id"]) in base]
+        row.update(win_rate_d_p=math.nan, rel_change_d_p=math.nan, rel_change_d_t=math.nan)
+        if v != "baseline" and paired:
+            cmp = metrics.compare_to_baseline([a["d_p"] for a, _ in paired], [b["d_p"] for _, b in paired],
+                                              [a["d_t"] for a, _ in paired], [b["d_t"] for _, b in paired])
+            row.update(win_rate_d_p=cmp["win_rate_d_p"], rel_change_d_p=cmp["rel_change_d_p"],
+                       rel_change_d_t=cmp["rel_change_d_t"])
+        out.append(row)
+    return out
+
+
+def sweep(rows: list[dict], variants: Sequence[str]) -> dict[str, list[tuple[float, float, float]]]:
+    """Per variant: (α, mean selected d_p, mean selected d_t) for every α, for the trade-off plot."""
+    out = {}
+    for v in variants:
+        pts = []
+        for a in sorted({r["alpha"] for r in rows if r["variant"] == v}):
+            sel = [r for r in rows if r["variant"] == v and r["alpha"] == a and r["selected"]]
+            pts.append((a, _mean(r["d_p"] for r in sel), _mean(r["d_t"] for r in sel)))
+        out[v] = pts
+    return out
