@@ -76,6 +76,12 @@ def _quiet_server(log_path: Path):
 
 
 def _stop(server) -> None:
+    try:  # send buffered run logs while the API is still up
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()
+    except Exception:  # noqa: BLE001 - logs are observability only; never fail the command here
+        pass
     proc = server.server_process
     if proc is not None:
         proc.terminate()

@@ -65,7 +65,8 @@ def generation_inputs(con, pairs: list[tuple[int, int]], p: dict) -> list[dict]:
     for user_id, movie_id in pairs:
         if user_id not in prefs or movie_id not in kw:
             continue  # upstream failed: retried on the next run
-        fp = fingerprint("gen", p["checkpoints"]["sd"], titles.get(movie_id, ""), kw[movie_id], prefs[user_id],
+        # user and target are inputs too: they pick the seeds
+        fp = fingerprint("gen", user_id, movie_id, p["checkpoints"]["sd"], titles.get(movie_id, ""), kw[movie_id], prefs[user_id],
                          p["candidates"], p["weights"], p["steps"], p["guidance"], p["height"], p["width"],
                          p["seed"], conditioning.negative_prompt("movie"))
         out.append({"key": f"{user_id}:{movie_id}", "fingerprint": fp, "user_id": user_id,

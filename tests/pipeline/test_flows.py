@@ -1,0 +1,147 @@
+"""Backfill and nightly end to end on tiny models and a real Prefect API (one per session)."""
+import collections
+import shutil
+
+import pytest
+
+from tasks import resources
+from tests.pipeline.conftest import FAST
+from warehouse import images
+from warehouse.db import connect_reader
+from warehouse.ingest import ingest
+
+
+def calls():
+    return dict(resources.CALLS)
+
+
+def check_invariants(root):
+    """Exactly one selected poster per pair, no duplicates, every referenced image complete."""
+    with connect_reader(root) as con:
+        q = lambda s: con.execute(s).fetchall()  # noqa: E731
+        assert q("SELECT count(*) FROM (SELECT user_id, target_movie_id, candidate FROM generations "
+                 "GROUP BY ALL HAVING count(*) > 1)") == [(0,)]
+        assert q("SELECT count(*) FROM (SELECT generation_id FROM scores GROUP BY 1 HAVING count(*) > 1)") == [(0,)]
+        assert q("SELECT count(*) FROM (SELECT user_id, target_movie_id FROM scores GROUP BY ALL "
+                 "HAVING count(*) FILTER (WHERE selected) <> 1)") == [(0,)]
+        assert q("SELECT count(*) FROM (SELECT user_id, target_movie_id FROM posters GROUP BY ALL "
+                 "HAVING count(*) > 1)") == [(0,)]
+        assert q("SELECT count(*) FROM (SELECT stage, item_key FROM work_ledger GROUP BY ALL HAVING count(*) > 1)") == [(0,)]
+        gens = q("SELECT image_path, image_sha256 FROM generations")
+    assert all(images.verify(root, p, s) for p, s in gens)
+    assert not list((root / "images").glob("*/.tmp-*"))
+    return len(gens)
+
+
+@pytest.fixture(scope="module")
+def backfilled(prefect_api, make_warehouse_module):
+    from flows.backfill import backfill
+
+    root = make_warehouse_module("bf")
+    resources.reset()
+    result = backfill(warehouse=str(root), targets="holdout", **FAST)
+    return root, result, calls()
+
+
+@pytest.fixture(scope="module")
+def make_warehouse_module(tmp_path_factory, tiny_models, dataset):
+    tmp = tmp_path_factory.mktemp("flows")
+
+    def make(name):
+        root = tmp / name
+        root.mkdir()
+        (root / "pmg.toml").write_text(
+            f'[models]\nllm = "{tiny_models / "llm"}"\nsd = "{tiny_models / "sd"}"\nclip = "{tiny_models / "clip"}"\n')
+        ingest(dataset, root)
+        return root
+
+    return make
+
+
+def test_backfill_writes_contract_tables_with_lineage(backfilled):
+    root, result, made = backfilled
+    counts = result["counts"]
+    pairs = counts["selection"]["pairs"]
+    assert pairs >= 6
+    assert counts["generate"] == {"processed": pairs, "skipped": 0, "failed": 0, "images": 2 * pairs}
+    assert counts["score"]["processed"] == pairs and counts["preferences"]["failed"] == 0
+    assert made["sd.generate"] == 2 * pairs
+    assert check_invariants(root) == 2 * pairs
+    with connect_reader(root) as con:
+        q = lambda s: con.execute(s).fetchall()  # noqa: E731
+        assert q("SELECT count(*) FROM posters") == [(pairs,)]
+        run = q(f"SELECT status, json_extract_string(parameters, '$.targets'), checkpoints->>'sd', prompt_version, "
+                f"code_version, counts IS NOT NULL FROM runs WHERE run_id = '{result['run_id']}'")[0]
+        assert run[0] == "completed" and run[1] == "holdout" and len(run[2]) > 8 and run[3] and run[4] and run[5]
+        # seeds per image, one generation per (candidate); selected = highest z
+        assert q("SELECT count(DISTINCT seed) > 0, bool_and(seed IS NOT NULL) FROM generations") == [(True, True)]
+        assert q("SELECT count(*) FROM scores s JOIN (SELECT user_id, target_movie_id, max(z) AS z FROM scores "
+                 "GROUP BY ALL) m USING (user_id, target_movie_id) WHERE s.selected AND s.z <> m.z") == [(0,)]
+        # held-out movie is not part of the history the preferences were built from
+        assert q("SELECT count(*) FROM user_preferences p JOIN posters USING (user_id) "
+                 "WHERE list_contains(p.history_movie_ids, posters.target_movie_id)") == [(0,)]
+        assert q("SELECT count(*) FROM item_keywords")[0][0] > pairs
+
+
+def test_rerunning_a_finished_backfill_makes_zero_model_calls(backfilled):
+    from flows.backfill import backfill
+
+    root, first, _ = backfilled
+    resources.reset()
+    again = backfill(warehouse=str(root), targets="holdout", **FAST)
+    assert calls() == {} and resources.LOADS == collections.Counter()
+    for stage in ("item_keywords", "preferences", "generate", "score"):
+        assert again["counts"][stage]["processed"] == 0 and again["counts"][stage]["skipped"] > 0
+
+
+def test_nightly_recomputes_only_users_with_new_ratings(backfilled, dataset, tmp_path):
+    from flows.nightly import nightly
+
+    root, first, _ = backfilled
+    with connect_reader(root) as con:
+        user, target = con.execute("SELECT user_id, target_movie_id FROM posters ORDER BY 1 LIMIT 1").fetchall()[0]
+        rated = {m for (m,) in con.execute(f"SELECT movie_id FROM ratings WHERE user_id = {user}").fetchall()}
+        movie = con.execute("SELECT movie_id FROM item_keywords ORDER BY movie_id").fetchall()
+        other = con.execute(f"SELECT max(rated_at) FROM ratings WHERE user_id = {user}").fetchall()[0][0]
+    new_movie = next(m for (m,) in movie if m not in rated)
+    changed = tmp_path / "ml-next"
+    shutil.copytree(dataset, changed)
+    ts = int(other.timestamp()) - 10**6  # an older liked rating: the held-out target stays, the history changes
+    data = (changed / "ratings.csv").read_bytes()
+    eol = b"\r\n" if b"\r\n" in data else b"\n"
+    (changed / "ratings.csv").write_bytes(data.rstrip(b"\r\n") + eol + f"{user},{new_movie},5.0,{ts}".encode() + eol)
+    resources.reset()
+    result = nightly(warehouse=str(root), source=str(changed))
+    c = result["counts"]
+    assert result["ingest"]["changed_users"] == 1
+    # Only that user's preferences are recomputed; its images only if its keywords changed
+    # (same keywords and seeds would give the same images), and nothing of any other user.
+    regenerated = c["generate"]["processed"]
+    assert c["preferences"]["processed"] == 1 and regenerated <= 1 and c["score"]["processed"] == regenerated
+    assert calls().get("sd.generate", 0) == 2 * regenerated and calls()["llm.generate"] <= 2
+    assert c["generate"]["skipped"] == first["counts"]["selection"]["pairs"] - regenerated
+    check_invariants(root)
+    with connect_reader(root) as con:
+        touched = con.execute(f"SELECT stage, item_key FROM work_ledger WHERE run_id = '{result['run_id']}'").fetchall()
+    assert ("preferences", str(user)) in touched
+    assert all(k == str(user) or k.startswith(f"{user}:") or stage == "item_keywords" for stage, k in touched)
+
+
+def test_failed_rows_are_isolated_reported_and_retried(backfilled, monkeypatch):
+    from flows.backfill import backfill
+
+    root, _, _ = backfilled
+    with connect_reader(root) as con:
+        users = [u for (u,) in con.execute("SELECT DISTINCT user_id FROM ratings ORDER BY 1 LIMIT 3").fetchall()]
+        movie = con.execute("SELECT min(movie_id) FROM item_keywords").fetchall()[0][0]
+    monkeypatch.setenv("PMG_TEST_FAIL", f"generate:{users[1]}:{movie}")
+    failed = backfill(warehouse=str(root), movies=[movie], limit_users=3, **FAST)
+    assert failed["counts"]["generate"]["failed"] == 1 and failed["counts"]["generate"]["processed"] == 2
+    with connect_reader(root) as con:
+        err = con.execute("SELECT error FROM work_ledger WHERE status = 'failed'").fetchall()
+    assert len(err) == 1 and "injected failure" in err[0][0]
+    monkeypatch.delenv("PMG_TEST_FAIL")
+    resources.reset()
+    retried = backfill(warehouse=str(root), movies=[movie], limit_users=3, **FAST)
+    assert retried["counts"]["generate"]["processed"] == 1 and calls()["sd.generate"] == 2
+    check_invariants(root)
