@@ -219,7 +219,8 @@ class LlamaModel(nn.Cell):
         self.layers = nn.CellList([LlamaDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         cos, sin = rope_tables(cfg, cfg.max_position_embeddings)
-        self.cos_table, self.sin_table = Tensor(cos), Tensor(sin)  # constants, not Parameters
+        dtype = runtime.np_compute_dtype()  # HF casts cos/sin to the activations' dtype too
+        self.cos_table, self.sin_table = Tensor(cos.astype(dtype)), Tensor(sin.astype(dtype))  # constants
         self.neg = neg_inf(runtime.compute_dtype())
 
     def rope(self, position_ids):
