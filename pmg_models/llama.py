@@ -82,7 +82,16 @@ class LlamaConfig:
         return self.num_hidden_layers * block + v * c * (1 if self.tie_word_embeddings else 2) + c
 
 
+_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
 def _check_supported(d: dict) -> None:
+    missing = [k for k in _REQUIRED if d.get(k) is None]
+    if missing:
+        raise ValueError(f"Llama config.json lacks {missing} (is this a Llama checkpoint?)")
+    heads, kv = int(d["num_attention_heads"]), int(d.get("num_key_value_heads") or d["num_attention_heads"])
+    if heads % kv:
+        raise ValueError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}")
     scaling = d.get("rope_scaling") or d.get("rope_parameters") or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind not in (None, "default"):

@@ -27,6 +27,10 @@ def test_config_from_hf_reads_fields_and_rejects_rope_scaling():
     with pytest.raises(ValueError, match="rope scaling 'llama3'"):
         llama.LlamaConfig.from_hf({**base, "rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4}})
     assert llama.LlamaConfig.from_hf(cfg.to_hf()) == cfg
+    with pytest.raises(ValueError, match="hidden_size"):
+        llama.LlamaConfig.from_hf({k: v for k, v in base.items() if k != "hidden_size"})
+    with pytest.raises(ValueError, match="multiple"):
+        llama.LlamaConfig.from_hf({**base, "num_key_value_heads": 3})
 
 
 def test_mindformers_key_map():
