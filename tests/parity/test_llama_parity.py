@@ -163,6 +163,11 @@ def test_misshaped_tensor_is_named(tmp_path, tiny_tok):
     checkpoint.save_safetensors(path / "model.safetensors", tensors, {"format": "pt"})
     with pytest.raises(checkpoint.CheckpointError, match="model.layers.1.self_attn.k_proj.weight"):
         llama.load(path)
+    raw = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(raw[:len(raw) - 1000])  # truncated download
+    with pytest.raises(checkpoint.CheckpointError, match="truncated"):
+        llama.load(path)
+    (path / "model.safetensors").write_bytes(raw)
     cfg = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 1}))
     with pytest.raises(checkpoint.CheckpointError, match="model.layers.1"):
