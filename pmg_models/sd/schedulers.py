@@ -241,6 +241,7 @@ class DPMSolverMultistepScheduler(_SigmaScheduler):
 
 SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler, "dpm++2m": DPMSolverMultistepScheduler}
 _BY_CLASS = {"DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler", "DPMSolverMultistepScheduler": "dpm++2m"}
+ALIASES = {"dpm": "dpm++2m", "dpm++": "dpm++2m", "dpmsolver++": "dpm++2m", "euler_discrete": "euler"}
 
 
 def make_scheduler(config: dict, name: str | None = None) -> Scheduler:
@@ -252,6 +253,7 @@ def make_scheduler(config: dict, name: str | None = None) -> Scheduler:
     if name is None:
         name = _BY_CLASS.get(config.get("_class_name", ""), "dpm++2m")
     name = _BY_CLASS.get(name, name).lower()
+    name = ALIASES.get(name, name)
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler {name!r} is not supported; choose one of {sorted(SCHEDULERS)}")
     cls = SCHEDULERS[name]
