@@ -161,12 +161,16 @@ def write_plot(path: Path, curves: dict[str, list[tuple]], alpha: float) -> Path
         if not pts:
             continue
         ax.plot([q[2] for q in pts], [q[1] for q in pts], marker="o", ms=4, label=E.VARIANT_TITLES[v])
+        groups: dict[tuple, list[float]] = {}   # α values selecting the same images share one label
         for a, dp, dt in pts:
-            ax.annotate(f"{a:.2g}", (dt, dp), textcoords="offset points", xytext=(3, 3), fontsize=7,
-                        fontweight="bold" if abs(a - alpha) < 1e-9 else "normal")
+            groups.setdefault((round(dp, 9), round(dt, 9)), []).append(a)
+        for (dp, dt), group in groups.items():
+            text = f"α={group[0]:.2g}" if len(group) == 1 else f"α={group[0]:.2g}–{group[-1]:.2g}"
+            ax.annotate(text, (dt, dp), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        fontweight="bold" if any(abs(a - alpha) < 1e-9 for a in group) else "normal")
     ax.set_xlabel("d_t (target fidelity, mean of selected)")
     ax.set_ylabel("d_p (personalization, mean of selected)")
-    ax.set_title("PMG: d_p vs d_t across α (labels = α)")
+    ax.set_title("PMG: d_p vs d_t of the selected candidates across α")
     ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")

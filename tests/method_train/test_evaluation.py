@@ -1,0 +1,64 @@
+"""Pure parts of the evaluation: job planning, α scoring and selection, summary, and the LLM keyword fill-in."""
+import math
+
+import numpy as np
+import pytest
+
+from tasks import evaluation as E
+
+
+def _pair(u, m, prefs=("dark", "noir")):
+    hist = [{"movie_id": 10 + u, "title": "Heat (1995)", "genres": ["Crime"], "rating": 5.0, "rated_at": None}]
+    return E.Pair(u, m, f"Movie {m}", ["Drama"], hist, "fp", list(prefs) if prefs is not None else None)
+
+
+def test_plan_jobs_variants_seeds_and_prompts():
+    pairs = [_pair(1, 7), _pair(2, 8)]
+    jobs = E.plan_jobs(pairs, {7: ["storm"], 8: ["city"]}, E.VARIANTS, k=2, base_seed=0)
+    assert len(jobs) == 4 * 2 * 2
+    by = {(j.variant, j.pair, j.candidate): j for j in jobs}
+    # Keyword variants: the original's grid (w 1 and 2, one seed); the others: two seed slots.
+    assert [by[("keywords", 0, c)].w for c in (0, 1)] == [1.0, 2.0]
+    assert by[("keywords", 0, 0)].seed == by[("keywords", 0, 1)].seed == by[("baseline", 0, 0)].seed
+    assert by[("baseline", 0, 0)].seed != by[("baseline", 0, 1)].seed
+    assert "noir" not in "".join(t for t, _ in by[("baseline", 0, 0)].segments)
+    assert "noir" not in "".join(t for t, _ in by[("soft", 0, 0)].segments)
+    assert "noir" in "".join(t for t, _ in by[("pmg", 0, 0)].segments)
+    assert [j.soft for j in jobs if j.pair == 0 and j.candidate == 0] == [False, True, False, True]
+
+
+def test_score_rows_select_one_per_alpha_and_summary_against_the_baseline():
+    base = []
+    for v, dp in (("baseline", (20.0, 22.0)), ("pmg", (30.0, 25.0))):
+        for c in (0, 1):
+            base.append({"variant": v, "user_id": 1, "target_movie_id": 7, "candidate": c, "d_p_text": dp[c],
+                         "d_t_text": (30.0, 20.0)[c], "d_p_image": None, "d_t_image": None,
+                         "ssim_target": 0.5, "ssim_history": math.nan})
+    rows = E.score_rows(base, [0.0, 1.0])
+    assert len(rows) == 8
+    pick = {(r["variant"], r["alpha"]): r["candidate"] for r in rows if r["selected"]}
+    assert pick == {("baseline", 0.0): 0, ("baseline", 1.0): 1, ("pmg", 0.0): 0, ("pmg", 1.0): 0}
+    summary = {r["variant"]: r for r in E.summarize(rows, 1.0, ["baseline", "pmg"])}
+    assert summary["pmg"]["mean_d_p"] == 30.0 and summary["baseline"]["mean_d_p"] == 22.0
+    assert summary["pmg"]["win_rate_d_p"] == 1.0
+    assert summary["pmg"]["rel_change_d_t"] == pytest.approx(30.0 / 20.0 - 1)
+    assert math.isnan(summary["pmg"]["mean_ssim_history"]) and math.isnan(summary["baseline"]["win_rate_d_p"])
+    sweep = E.sweep(rows, ["pmg"])["pmg"]
+    assert [a for a, _, _ in sweep] == [0.0, 1.0]
+
+
+def test_ssim_scores_resize_posters_and_mark_missing_ones():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    t, h = E.ssim_scores(img, np.repeat(np.repeat(img, 2, 0), 2, 1), [])
+    assert 0.5 < t <= 1.0 and math.isnan(h)
+
+
+def test_fill_keywords_with_the_llm(tiny_models):
+    lm, _ = tiny_models
+    pairs = [_pair(1, 7, prefs=None), _pair(2, 8)]
+    ps = E.PairSet(pairs, {8: ["kept"]}, {7: ("Movie 7", ["Drama"]), 8: ("Movie 8", [])})
+    assert E.fill_item_keywords(lm, ps, [7, 8], max_new_tokens=6) == 1
+    assert ps.item_keywords[8] == ["kept"] and isinstance(ps.item_keywords[7], list)
+    assert E.fill_preferences(lm, ps, max_new_tokens=6) == 1
+    assert isinstance(pairs[0].pref_keywords, list) and pairs[1].pref_keywords == ["dark", "noir"]

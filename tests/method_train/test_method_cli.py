@@ -1,0 +1,131 @@
+"""`pmg train-soft-prompt` and `pmg evaluate` end to end on a tiny warehouse, tiny random models, procedural posters."""
+import csv
+import math
+import os
+
+import duckdb
+import pandas as pd
+import pytest
+
+from flows.cli import main
+from tasks.evaluation import VARIANT_TITLES
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_dirs):
+    from tasks.miniworld.posters import render_movie_posters
+    from warehouse.ingest import ingest
+    from warehouse.synth import synthesize
+
+    base = tmp_path_factory.mktemp("method_cli")
+    data = synthesize(base / "ml", users=4, movies=60, ratings=4 * 22, seed=3)
+    root = base / "wh"
+    root.mkdir()
+    (root / "pmg.toml").write_text("[models]\n" + "".join(f'{k} = "{tiny_dirs[k]}"\n' for k in ("llm", "sd", "clip")))
+    ingest(data, root)
+    movies = pd.read_csv(data / "movies.csv")
+    render_movie_posters([(int(m), g.split("|")) for m, g in zip(movies.movieId, movies.genres)], base / "posters", 32)
+    _store_keywords(root, movies.movieId.tolist())
+    return {"root": root, "posters": base / "posters", "base": base}
+
+
+def _store_keywords(root, movie_ids):
+    """Keywords as a pipeline run would have stored them (the LLM path is tested in test_evaluation.py)."""
+    from tasks.evaluation import select_pairs
+    from warehouse.db import connect_reader, connect_writer, publish
+
+    with connect_reader(root) as con:
+        pairs = select_pairs(con).pairs
+    items = pd.DataFrame({"movie_id": movie_ids, "keywords": [["bold colours", f"kw{m}"] for m in movie_ids]})
+    prefs = pd.DataFrame({"user_id": [p.user_id for p in pairs], "keywords": [["dark", "noir"] for _ in pairs],
+                          "history_fingerprint": [p.history_fingerprint for p in pairs]})
+    with connect_writer(root) as con:
+        con.register("items", items)
+        con.register("prefs", prefs)
+        con.execute("INSERT INTO item_keywords BY NAME SELECT * FROM items")
+        con.execute("INSERT INTO user_preferences BY NAME SELECT * FROM prefs")
+        publish(con, root, ["item_keywords", "user_preferences"])
+
+
+@pytest.fixture(autouse=True)
+def _restore_env():
+    saved = dict(os.environ)  # the CLI configures Prefect's environment for its process
+    yield
+    for k in set(os.environ) - set(saved):
+        del os.environ[k]
+    os.environ.update(saved)
+
+
+def _pmg(world, *argv):
+    return main(["--warehouse", str(world["root"]), *argv])
+
+
+def _sql(world, query, params=None):
+    from warehouse.db import connect_reader
+
+    with connect_reader(world["root"]) as con:
+        return con.execute(query, params or []).fetchall()
+
+
+def _finite(x):
+    return x != "" and math.isfinite(float(x))
+
+
+def test_train_then_evaluate_then_rerun(world, capsys):
+    ck = world["base"] / "soft"
+    assert _pmg(world, "train-soft-prompt", "--posters", str(world["posters"]), "--out", str(ck), "--steps", "2",
+                "--size", "16", "--limit-users", "3", "--batch", "2", "--eval-every", "1", "--lr", "0.05") == 0
+    out = capsys.readouterr().out
+    assert "soft prompt:" in out and (ck / "soft_prompt.safetensors").is_file()
+    assert (ck / "loss.csv").is_file() and (ck / "loss.png").is_file()
+    (n, steps), = _sql(world, "SELECT examples, steps FROM soft_prompt_checkpoints")
+    assert n == 3 and steps == 2
+
+    args = ["evaluate", "--posters", str(world["posters"]), "--soft-prompt", str(ck), "--limit-users", "2",
+            "--steps", "2", "--size", "32"]
+    assert _pmg(world, *args) == 0
+    run_id = _sql(world, "SELECT run_id FROM runs WHERE flow = 'evaluate'")[0][0]
+    out_dir = world["root"] / "evaluations" / run_id
+    md = (out_dir / "summary.md").read_text()
+    assert all(title in md for title in VARIANT_TITLES.values()) and "skipped" not in md.split("## Notes")[0]
+    assert "LPIPS skipped" in md
+    assert (out_dir / "alpha_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    summary = list(csv.DictReader(open(out_dir / "summary.csv")))
+    assert [r["variant"] for r in summary] == ["baseline", "pmg", "keywords", "soft"]
+    assert all(_finite(r[k]) for r in summary for k in ("mean_d_p", "mean_d_t", "mean_ssim_target", "mean_ssim_history",
+                                                        "mean_d_p_image", "mean_d_t_image"))
+    assert all(_finite(r["win_rate_d_p"]) and _finite(r["rel_change_d_t"]) for r in summary[1:])
+    rows = list(csv.DictReader(open(out_dir / "results.csv")))
+    assert len(rows) == 4 * 2 * 2 * 6  # variants x pairs x candidates x alphas
+    assert all((out_dir / r["image_path"]).is_file() for r in rows)
+    (count, finite, per_alpha), = _sql(world, "SELECT count(*), count(*) FILTER (WHERE isfinite(d_p) AND isfinite(d_t) "
+                                       "AND isfinite(z) AND isfinite(ssim_target)), max(n) FROM (SELECT *, count(*) "
+                                       "FILTER (WHERE selected) OVER (PARTITION BY variant, user_id, alpha) AS n "
+                                       "FROM evaluations WHERE run_id = ?)", [run_id])
+    assert count == len(rows) == finite and per_alpha == 1  # one selected candidate per (variant, pair, alpha)
+
+    assert "0 movies' poster keywords and 0 users' preference keywords were generated" in md  # stored ones used
+
+    # Same --run-id: the run's rows are replaced (here by a smaller run), not added to.
+    assert _pmg(world, *args, "--run-id", run_id, "--candidates", "1", "--steps", "1") == 0
+    assert _sql(world, "SELECT count(*) FROM evaluations WHERE run_id = ?", [run_id])[0][0] == count // 2
+    assert _sql(world, "SELECT count(*) FROM runs WHERE run_id = ?", [run_id])[0][0] == 1
+
+    # No soft prompt, no posters: a new run; soft variants are skipped and said so; image scores are NULL.
+    assert _pmg(world, "evaluate", "--limit-users", "1", "--steps", "1", "--size", "32", "--candidates", "1") == 0
+    runs = _sql(world, "SELECT run_id FROM runs WHERE flow = 'evaluate' ORDER BY started_at")
+    assert len(runs) == 2
+    md = (world["root"] / "evaluations" / runs[1][0] / "summary.md").read_text()
+    assert "skipped: no soft prompt given" in md and VARIANT_TITLES["soft"] in md
+    (variants, images), = _sql(world, "SELECT list(DISTINCT variant ORDER BY variant), count(d_t_image) FROM evaluations "
+                               "WHERE run_id = ?", [runs[1][0]])
+    assert variants == ["baseline", "keywords"] and images == 0
+
+
+def test_clear_errors(world, capsys):
+    assert _pmg(world, "evaluate", "--lpips-weights", "/nope.safetensors") == 1
+    assert "LPIPS is not implemented" in capsys.readouterr().err
+    assert _pmg(world, "train-soft-prompt", "--posters", str(world["base"] / "missing"), "--out", "x") == 1
+    assert "posters directory" in capsys.readouterr().err
+    assert _pmg(world, "evaluate", "--alphas", "0,2") == 1
+    assert "--alphas" in capsys.readouterr().err
