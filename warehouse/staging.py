@@ -118,6 +118,7 @@ def commit_chunk(con, run_id: str, stage: str, chunk: int, parts: dict[str, Path
         mark_changed(con, [*parts, *clear, "work_ledger", "chunk_commits"])
         con.execute("INSERT INTO chunk_commits VALUES (?, ?, ?, ?, now()::TIMESTAMP)", [run_id, stage, chunk, written])
         crash_point("mid-commit")
+        crash_point(f"mid-commit:{stage}")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from warehouse import images
+from warehouse.db import connect_reader
+
 FAST = {"candidates": 2, "steps": 2, "height": 32, "width": 32, "chunk_size": 3}
 
 
@@ -62,3 +65,21 @@ def copy_dataset(dataset: Path, out: Path) -> Path:
 def subprocess_env(prefect_url: str, **extra) -> dict:
     env = {**os.environ, "PREFECT_API_URL": prefect_url, "PMG_JIT": "0", **extra}
     return env
+
+
+def check_invariants(root):
+    """Exactly one selected poster per pair, no duplicates, every referenced image complete."""
+    with connect_reader(root) as con:
+        q = lambda s: con.execute(s).fetchall()  # noqa: E731
+        assert q("SELECT count(*) FROM (SELECT user_id, target_movie_id, candidate FROM generations "
+                 "GROUP BY ALL HAVING count(*) > 1)") == [(0,)]
+        assert q("SELECT count(*) FROM (SELECT generation_id FROM scores GROUP BY 1 HAVING count(*) > 1)") == [(0,)]
+        assert q("SELECT count(*) FROM (SELECT user_id, target_movie_id FROM scores GROUP BY ALL "
+                 "HAVING count(*) FILTER (WHERE selected) <> 1)") == [(0,)]
+        assert q("SELECT count(*) FROM (SELECT user_id, target_movie_id FROM posters GROUP BY ALL "
+                 "HAVING count(*) > 1)") == [(0,)]
+        assert q("SELECT count(*) FROM (SELECT stage, item_key FROM work_ledger GROUP BY ALL HAVING count(*) > 1)") == [(0,)]
+        gens = q("SELECT image_path, image_sha256 FROM generations")
+    assert all(images.verify(root, p, s) for p, s in gens)
+    assert not list((root / "images").glob("*/.tmp-*"))
+    return len(gens)

@@ -5,32 +5,13 @@ import shutil
 import pytest
 
 from tasks import resources
-from tests.pipeline.conftest import FAST
-from warehouse import images
+from tests.pipeline.conftest import FAST, check_invariants
 from warehouse.db import connect_reader
 from warehouse.ingest import ingest
 
 
 def calls():
     return dict(resources.CALLS)
-
-
-def check_invariants(root):
-    """Exactly one selected poster per pair, no duplicates, every referenced image complete."""
-    with connect_reader(root) as con:
-        q = lambda s: con.execute(s).fetchall()  # noqa: E731
-        assert q("SELECT count(*) FROM (SELECT user_id, target_movie_id, candidate FROM generations "
-                 "GROUP BY ALL HAVING count(*) > 1)") == [(0,)]
-        assert q("SELECT count(*) FROM (SELECT generation_id FROM scores GROUP BY 1 HAVING count(*) > 1)") == [(0,)]
-        assert q("SELECT count(*) FROM (SELECT user_id, target_movie_id FROM scores GROUP BY ALL "
-                 "HAVING count(*) FILTER (WHERE selected) <> 1)") == [(0,)]
-        assert q("SELECT count(*) FROM (SELECT user_id, target_movie_id FROM posters GROUP BY ALL "
-                 "HAVING count(*) > 1)") == [(0,)]
-        assert q("SELECT count(*) FROM (SELECT stage, item_key FROM work_ledger GROUP BY ALL HAVING count(*) > 1)") == [(0,)]
-        gens = q("SELECT image_path, image_sha256 FROM generations")
-    assert all(images.verify(root, p, s) for p, s in gens)
-    assert not list((root / "images").glob("*/.tmp-*"))
-    return len(gens)
 
 
 @pytest.fixture(scope="module")
