@@ -13,7 +13,7 @@ from pathlib import Path
 from mindspore import nn
 
 from pmg_models import ops as P
-from pmg_models.sd.unet import Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D
+from pmg_models.sd.unet import Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, attention, silu
 
 _FIXED = {"act_fn": "silu", "shift_factor": None, "latents_mean": None, "latents_std": None,
           "use_quant_conv": True, "use_post_quant_conv": True}
@@ -71,7 +71,7 @@ class SpatialAttention(nn.Cell):
         b, c, h, w = x.shape
         t = self.group_norm(x).reshape(b, c, h * w).transpose(0, 2, 1)   # (B, HW, C)
         q, k, v = self.to_q(t)[:, None], self.to_k(t)[:, None], self.to_v(t)[:, None]  # (B, 1, HW, C)
-        out = self.to_out[0](P.attention(q, k, v, None, self.scale)[:, 0])
+        out = self.to_out[0](attention(q, k, v, self.scale)[:, 0])
         return out.transpose(0, 2, 1).reshape(b, c, h, w) + x
 
 
@@ -136,7 +136,7 @@ class Encoder(nn.Cell):
         for block in self.down_blocks:
             x = block(x)
         x = self.mid_block(x)
-        return self.conv_out(P.silu(self.conv_norm_out(x)))
+        return self.conv_out(silu(self.conv_norm_out(x)))
 
 
 class Decoder(nn.Cell):
@@ -154,7 +154,7 @@ class Decoder(nn.Cell):
         x = self.mid_block(self.conv_in(z))
         for block in self.up_blocks:
             x = block(x)
-        return self.conv_out(P.silu(self.conv_norm_out(x)))
+        return self.conv_out(silu(self.conv_norm_out(x)))
 
 
 class AutoencoderKL(nn.Cell):
