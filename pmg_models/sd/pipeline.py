@@ -221,12 +221,13 @@ class StableDiffusion:
         t_arr = np.full((2 * mb if g > 1.0 else mb,), float(t), np.float32)
         for a, b in _chunks(len(x), mb):
             xs, cs = _pad_to(x[a:b], mb), _pad_to(cond[a:b], mb)
+            dt = runtime.compute_dtype()
             if g > 1.0:   # diffusers skips the unconditional half when guidance <= 1
                 ctx = np.concatenate([_pad_to(uncond[a:b], mb), cs], 0)
-                eps = self._guided(runtime.to_tensor(xs), runtime.to_tensor(t_arr), runtime.to_tensor(ctx),
-                                   ms.Tensor(g, ms.float32))
+                eps = self._guided(runtime.to_tensor(xs, dt), runtime.to_tensor(t_arr), runtime.to_tensor(ctx, dt),
+                                   ms.Tensor(g, dt))
             else:
-                eps = self._plain(runtime.to_tensor(xs), runtime.to_tensor(t_arr), runtime.to_tensor(cs))
+                eps = self._plain(runtime.to_tensor(xs, dt), runtime.to_tensor(t_arr), runtime.to_tensor(cs, dt))
             out[a:b] = runtime.to_numpy(eps)[: b - a]
         return out
 
@@ -251,7 +252,8 @@ class StableDiffusion:
         z = np.asarray(latents, np.float32) / np.float32(self.vae.config.scaling_factor)
         out = []
         for a, b in _chunks(len(z), self.micro_batch):
-            img = runtime.to_numpy(self._decode(runtime.to_tensor(_pad_to(z[a:b], self.micro_batch))))
+            chunk = runtime.to_tensor(_pad_to(z[a:b], self.micro_batch), runtime.compute_dtype())
+            img = runtime.to_numpy(self._decode(chunk))
             out.append(img[: b - a])
         return np.concatenate(out).transpose(0, 2, 3, 1) if out else np.zeros((0, 0, 0, 3), np.float32)
 

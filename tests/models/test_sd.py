@@ -19,9 +19,9 @@ SIZE = 32  # 32x32 images (16x16 latents) keep every test well under a second pe
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    start = time.perf_counter()
+    start = time.process_time()   # CPU time: wall time on a shared 2-core machine says little
     path = init_tiny(tmp_path_factory.mktemp("sd") / "tiny", seed=0)
-    assert time.perf_counter() - start < 5.0
+    assert time.process_time() - start < 5.0
     return path
 
 

@@ -63,3 +63,9 @@ def test_unsupported_options_are_named():
 def test_unknown_folder_class_falls_back_to_dpm():
     s = make_scheduler(dict(SD_BETAS, _class_name="PNDMScheduler", skip_prk_steps=True, prediction_type="v_prediction"))
     assert s.name == "dpm++2m" and s.prediction_type == "v_prediction"
+
+
+def test_names_and_aliases():
+    for name, want in (("dpm", "dpm++2m"), ("DPMSolverMultistepScheduler", "dpm++2m"), ("euler", "euler"),
+                       ("ddim", "ddim")):
+        assert make_scheduler(dict(SD_BETAS, _class_name="DDIMScheduler"), name).name == want
