@@ -32,6 +32,7 @@ ROW_FIELDS = ("run_id", "variant", "user_id", "target_movie_id", "candidate", "s
               "d_p", "d_t", "z", "selected", "d_p_text", "d_t_text", "d_p_image", "d_t_image", "ssim_target",
               "ssim_history", "lpips_target", "lpips_history", "prompt", "image_path")
 GEN_BATCH = 8
+PAIR_CHUNK = 16   # pairs generated and scored together
 
 
 def soft_prompt_file(path: Path) -> Path:
@@ -70,29 +71,58 @@ def generate_images(pipe, jobs: list[E.Job], soft_emb: np.ndarray | None, steps:
 
 
 def clip_scores(model, pairs: list[E.Pair], item_kw, images: list[np.ndarray], jobs: list[E.Job],
-                posters: Path | None) -> list[dict]:
-    """Per job: d_p_text, d_t_text and (posters permitting) d_p_image, d_t_image as CLIP 100·cos."""
-    texts = []
-    for p in pairs:
-        texts += list(scoring.clip_texts(E.target_kw(p, item_kw), p.pref_keywords or []))
+                posters: Path | None, poster_emb: dict) -> list[dict]:
+    """Per job: d_p_text, d_t_text and (posters permitting) d_p_image, d_t_image as CLIP 100·cos.
+
+    `poster_emb` caches poster embeddings (movie id -> vector or None) across chunks.
+    """
+    used = sorted({j.pair for j in jobs})
+    col = {i: n for n, i in enumerate(used)}
+    texts = [t for i in used for t in scoring.clip_texts(E.target_kw(pairs[i], item_kw), pairs[i].pref_keywords or [])]
+    movies = sorted({m for i in used for m in [pairs[i].target_movie_id] + [h["movie_id"] for h in pairs[i].history]})
+    todo = [m for m in movies if m not in poster_emb]
+    found = {m: E.read_poster(posters, m) for m in todo} if posters is not None else {}
+    found = {m: a for m, a in found.items() if a is not None}
     with resources.DEVICE_LOCK:
         img = model.encode_image(images)
         txt = model.encode_text(texts)
+        new = model.encode_image([found[m] for m in found]) if found else []
+    resources.count("clip.encode_image", len(images) + len(found))
+    resources.count("clip.encode_text", len(texts))
+    poster_emb.update({m: None for m in todo} | dict(zip(found, new)))
     sim_text = model.similarity(img, txt)
-    movies = sorted({p.target_movie_id for p in pairs} | set(E.history_movie_ids(pairs)))
-    found = {m: E.read_poster(posters, m) for m in movies} if posters is not None else {}
-    found = {m: a for m, a in found.items() if a is not None}
-    poster_ids = list(found)
-    sim_img = model.similarity(img, model.encode_image([found[m] for m in poster_ids])) if poster_ids else None
-    col = {m: i for i, m in enumerate(poster_ids)}
     out = []
     for n, j in enumerate(jobs):
-        p = pairs[j.pair]
-        hist = [col[h["movie_id"]] for h in p.history if h["movie_id"] in col]
-        out.append({"d_p_text": float(sim_text[n, 2 * j.pair + 1]), "d_t_text": float(sim_text[n, 2 * j.pair]),
-                    "d_p_image": float(sim_img[n, hist].mean()) if hist else None,
-                    "d_t_image": float(sim_img[n, col[p.target_movie_id]]) if p.target_movie_id in col else None})
+        p, c = pairs[j.pair], col[j.pair]
+        hist = [poster_emb[h["movie_id"]] for h in p.history if poster_emb.get(h["movie_id"]) is not None]
+        target = poster_emb.get(p.target_movie_id)
+        out.append({"d_p_text": float(sim_text[n, 2 * c + 1]), "d_t_text": float(sim_text[n, 2 * c]),
+                    "d_p_image": float(model.similarity(img[n:n + 1], np.stack(hist)).mean()) if hist else None,
+                    "d_t_image": float(model.similarity(img[n:n + 1], target[None])[0, 0]) if target is not None else None})
     return out
+
+
+def score_chunk(pipe, clip_model, pairs, item_kw, jobs: list[E.Job], soft_emb, posters: Path | None, out_dir: Path,
+                run_id: str, poster_emb: dict, o: dict) -> list[dict]:
+    """Generate, save and score the images of some jobs; returns their raw rows (before α selection)."""
+    images = generate_images(pipe, jobs, soft_emb, o["steps"], o["size"], o["guidance"], o["w_soft"])
+    sims = clip_scores(clip_model, pairs, item_kw, images, jobs, posters, poster_emb)
+    rows = []
+    for j, img, s in zip(jobs, images, sims):
+        p = pairs[j.pair]
+        if posters is not None:
+            target = E.read_poster(posters, p.target_movie_id)
+            hist = [h for h in (E.read_poster(posters, x["movie_id"]) for x in p.history) if h is not None]
+            ssim_t, ssim_h = E.ssim_scores(img, target, hist)
+        else:
+            ssim_t = ssim_h = math.nan
+        rel = Path("images") / j.variant / f"u{p.user_id}_m{p.target_movie_id}_c{j.candidate}.png"
+        rows.append({"run_id": run_id, "variant": j.variant, "user_id": p.user_id, "target_movie_id": p.target_movie_id,
+                     "candidate": j.candidate, "seed": j.seed, "weight": j.w, "w_soft": o["w_soft"] if j.soft else None,
+                     **s, "ssim_target": ssim_t, "ssim_history": ssim_h, "lpips_target": None, "lpips_history": None,
+                     "prompt": conditioning.prompt_text(j.segments), "image_path": rel.as_posix()})
+    _save_images(out_dir, rows, images)
+    return rows
 
 
 def write_csv(path: Path, rows: list[dict], fields: Sequence[str]) -> Path:
@@ -246,6 +276,10 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
         path = soft_prompt_file(models["soft_prompt"])
         soft = S.load(path, llm_fingerprint=lm.fingerprint, sd_fingerprint=pipe.fingerprint, llm=lm.config,
                       sd_width=pipe.text_width)
+        version = prompts.prompt_version(prompt_style)
+        if soft.cfg.prompt_version and soft.cfg.prompt_version != version:
+            raise ValueError(f"soft prompt {path} was trained on prompts {soft.cfg.prompt_version}, this evaluation "
+                             f"uses {version}; pass the matching prompt style or retrain")
         soft_emb = S.embed(soft, lm, [E.soft_text(p, item_kw, prompt_style) for p in pairs])
         variants = list(E.VARIANTS)
         notes.append(f"Soft prompt: {path}.")
@@ -258,25 +292,17 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
 
     size = int(size or pipe.default_size)
     jobs = E.plan_jobs(pairs, item_kw, variants, candidates, seed)
-    images = generate_images(pipe, jobs, soft_emb, steps, size, guidance, w_soft)
-    sims = clip_scores(clip_model, pairs, item_kw, images, jobs, posters_dir)
-    cache = {}
-    base = []
-    for j, img, s in zip(jobs, images, sims):
-        p = pairs[j.pair]
-        if posters_dir is not None:
-            if p.target_movie_id not in cache:
-                cache[p.target_movie_id] = E.read_poster(posters_dir, p.target_movie_id)
-            hist = [E.read_poster(posters_dir, h["movie_id"]) for h in p.history]
-            ssim_t, ssim_h = E.ssim_scores(img, cache[p.target_movie_id], [h for h in hist if h is not None])
-        else:
-            ssim_t = ssim_h = math.nan
-        rel = Path("images") / j.variant / f"u{p.user_id}_m{p.target_movie_id}_c{j.candidate}.png"
-        base.append({"run_id": run_id, "variant": j.variant, "user_id": p.user_id, "target_movie_id": p.target_movie_id,
-                     "candidate": j.candidate, "seed": j.seed, "weight": j.w, "w_soft": w_soft if j.soft else None,
-                     **s, "ssim_target": ssim_t, "ssim_history": ssim_h, "lpips_target": None, "lpips_history": None,
-                     "prompt": conditioning.prompt_text(j.segments), "image_path": rel.as_posix()})
-    _save_images(out_dir, base, images)
+    opts = {"steps": steps, "size": size, "guidance": guidance, "w_soft": w_soft}
+    base, poster_emb = [], {}
+    for start in range(0, len(pairs), PAIR_CHUNK):  # bounded memory: images live for one chunk of pairs
+        part = [j for j in jobs if start <= j.pair < start + PAIR_CHUNK]
+        base += score_chunk(pipe, clip_model, pairs, item_kw, part, soft_emb, posters_dir, out_dir, run_id,
+                            poster_emb, opts)
+    if posters_dir is not None:
+        missing = sum(1 for p in pairs if poster_emb.get(p.target_movie_id) is None)
+        if missing:
+            notes.append(f"{missing} of {len(pairs)} target posters are missing in {posters_dir}: those pairs have "
+                         "no image–image d_t and no target SSIM.")
     rows = E.score_rows(base, alphas)
     summary = E.summarize(rows, alpha, variants)
     settings = {"pairs": len(pairs), "candidates": candidates, "alpha": alpha, "alphas": alphas, "steps": steps,
@@ -291,16 +317,16 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
              "plot": write_plot(out_dir / "alpha_sweep.png", E.sweep(rows, variants), alpha)}
     record_run(warehouse, run_id, "evaluate", settings, {"llm": lm.fingerprint, "sd": pipe.fingerprint,
                                                          "clip": clip_model.fingerprint},
-               settings["prompt_version"], "completed", {"pairs": len(pairs), "rows": len(rows), "images": len(images)},
+               settings["prompt_version"], "completed", {"pairs": len(pairs), "rows": len(rows), "images": len(base)},
                _insert(rows, run_id), ("evaluations",))
     return {"run_id": run_id, "out_dir": str(out_dir), "pairs": len(pairs), "variants": variants, "alpha": alpha,
             "rows": len(rows), "summary": summary, "notes": notes, **{k: str(v) for k, v in files.items()}}
 
 
-def _save_images(out_dir: Path, base: list[dict], images: list[np.ndarray]) -> None:
+def _save_images(out_dir: Path, rows: list[dict], images: list[np.ndarray]) -> None:
     from PIL import Image
 
-    for r, img in zip(base, images):
+    for r, img in zip(rows, images):
         path = out_dir / r["image_path"]
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.png")

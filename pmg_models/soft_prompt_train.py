@@ -89,11 +89,16 @@ class Example:
 
 @dataclass
 class Prepared:
-    """Frozen inputs computed once: latents (N,C,h,w) × scaling factor, text states (N,77,D)."""
+    """Frozen inputs computed once: latents (N,C,h,w) × scaling factor, text states (U,77,D) of the U
+    distinct prompts, and each example's row in them."""
     keys: list[str]
     soft_texts: list[str]
     latents: np.ndarray
     text_states: np.ndarray
+    prompt_index: np.ndarray
+
+    def states(self, idx: np.ndarray) -> np.ndarray:
+        return self.text_states[self.prompt_index[idx]]
 
 
 @dataclass
@@ -135,9 +140,18 @@ def prepare(pipe, examples: Sequence[Example], size: int) -> Prepared:
     """Encode every example's poster and SD prompt once with the frozen VAE and text encoder."""
     if not examples:
         raise ValueError("no training examples: need (user, target) pairs whose target poster exists")
-    cond, _ = pipe.encode_prompt([e.prompt for e in examples])
+    # Users who share a held-out target share its prompt: encode each distinct prompt once.
+    distinct = list(dict.fromkeys(_prompt_key(e.prompt) for e in examples))
+    first = {k: next(e.prompt for e in examples if _prompt_key(e.prompt) == k) for k in distinct}
+    cond, _ = pipe.encode_prompt([first[k] for k in distinct])
+    rows = {k: i for i, k in enumerate(distinct)}
     return Prepared([e.key for e in examples], [e.soft_text for e in examples],
-                    encode_latents(pipe, [e.image for e in examples], size), cond.astype(np.float32))
+                    encode_latents(pipe, [e.image for e in examples], size), cond.astype(np.float32),
+                    np.asarray([rows[_prompt_key(e.prompt)] for e in examples], np.int64))
+
+
+def _prompt_key(prompt) -> str:
+    return json.dumps(prompt if isinstance(prompt, str) else [[str(t), float(w)] for t, w in prompt])
 
 
 def examples_fingerprint(keys: Sequence[str]) -> str:
@@ -229,7 +243,7 @@ class Trainer:
         soft_in = S.prepare_inputs(self.lm.tokenizer, [self.data.soft_texts[i] for i in idx], self.soft.cfg.n_tokens,
                                    self.max_length)
         noisy, target = add_noise(self.data.latents[idx], noise, timesteps, self.alphas_cumprod, self.prediction_type)
-        return (*S.model_inputs(soft_in, self.soft.cfg.n_prefix), runtime.to_tensor(self.data.text_states[idx], dtype),
+        return (*S.model_inputs(soft_in, self.soft.cfg.n_prefix), runtime.to_tensor(self.data.states(idx), dtype),
                 runtime.to_tensor(noisy, dtype), runtime.to_tensor(timesteps.astype(np.float32)),
                 runtime.to_tensor(target, ms.float32))
 

@@ -31,7 +31,7 @@ def _params(soft):
 
 def test_prepare_shapes(data, tiny_models):
     _, pipe = tiny_models
-    assert data.latents.shape == (8, 4, 8, 8) and data.text_states.shape == (8, 77, pipe.text_width)
+    assert data.latents.shape == (8, 4, 8, 8) and data.states(np.arange(8)).shape == (8, 77, pipe.text_width)
     assert np.isfinite(data.latents).all() and data.keys[0] == "0:100"
 
 
@@ -115,3 +115,12 @@ def test_resume_continues_exactly_and_runs_are_deterministic(tiny_models, data, 
     with pytest.raises(ValueError, match="lr"):
         T.train(_soft(tiny_models), lm, pipe, data, T.TrainConfig(steps=6, **{**cfg, "lr": 0.1}),
                 tmp_path / "split", resume=True)
+
+
+def test_prepare_encodes_each_distinct_prompt_once(tiny_models):
+    _, pipe = tiny_models
+    prompts = ["movie poster, Heat", "movie poster, Heat", "movie poster, Up"]
+    data = T.prepare(pipe, [T.Example(str(i), "text", p, poster(i, SIZE)) for i, p in enumerate(prompts)], SIZE)
+    assert data.text_states.shape[0] == 2 and list(data.prompt_index) == [0, 0, 1]
+    alone = T.prepare(pipe, [T.Example("2", "text", prompts[2], poster(2, SIZE))], SIZE)
+    np.testing.assert_array_equal(data.states(np.array([2]))[0], alone.text_states[0])
