@@ -112,8 +112,9 @@ class StableDiffusion:
         """Load a diffusers SD folder (model_index.json + components); strict, fp16 weights accepted.
 
         `scheduler`: 'ddim', 'euler', 'dpm++2m' or a diffusers class name; None uses the folder's class
-        (unsupported ones such as PNDM fall back to DPM-Solver++ 2M). `mindone_ckpt`: take the UNet and
-        VAE weights from a mindone SD `.ckpt` instead (configs, text encoder, tokenizer from the folder).
+        (unsupported ones such as PNDM fall back to DPM-Solver++ 2M). `mindone_ckpt`: take the weights from
+        a mindone SD `.ckpt` instead (UNet, VAE, and the text tower if the file has one; configs,
+        tokenizer and scheduler from the folder).
         """
         from pmg_models.clip import CLIPTextModel, CLIPTokenizer
         from pmg_models.sd.unet import UNet2DConditionModel, UNetConfig
@@ -128,13 +129,14 @@ class StableDiffusion:
             raise checkpoint.CheckpointError(f"{directory} lacks component folder(s) {missing}")
         json.loads(index.read_text())  # a corrupt index fails here, naming the file via JSONDecodeError
         sched_cfg = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
+        text = CLIPTextModel.from_pretrained(directory / "text_encoder")
         if mindone_ckpt is None:
             unet, vae = weights.load_unet(directory / "unet"), weights.load_vae(directory / "vae")
         else:
             unet = UNet2DConditionModel(UNetConfig.from_json(directory / "unet" / "config.json"))
             vae = AutoencoderKL(VAEConfig.from_json(directory / "vae" / "config.json"))
-            weights.load_mindone(mindone_ckpt, unet, vae)
-        return cls(unet, vae, CLIPTextModel.from_pretrained(directory / "text_encoder"),
+            weights.load_mindone(mindone_ckpt, unet, vae, text.net)
+        return cls(unet, vae, text,
                    CLIPTokenizer.from_dir(directory / "tokenizer"), sched_cfg, scheduler, directory, micro_batch)
 
     @property

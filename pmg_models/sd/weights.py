@@ -3,10 +3,10 @@
 Our Cells carry diffusers parameter names, so a diffusers directory loads with the identity map. mindone's
 SD checkpoints (mindspore-lab/mindone `examples/stable_diffusion_v2`) use the original latent-diffusion
 (CompVis/Stability) names with MindSpore twists: norms as `gamma`/`beta`, resnet `in_layers_norm` /
-`in_layers_conv.conv`, convs wrapped as `.conv.conv`, 1x1-conv VAE attention. `ldm_to_diffusers`
-translates one name; `reshape_like` squeezes 1x1-conv weights where our layer is a Linear.
-The text encoder (`cond_stage_model.*`, OpenCLIP layout with fused qkv) is not mapped: it is skipped
-and must come from a diffusers `text_encoder/` directory.
+`in_layers_conv.conv`, convs wrapped as `.conv.conv`, 1x1-conv VAE attention, and the SD 2.x text
+tower in OpenCLIP layout (`embedding_table`, fused `in_proj`). `ldm_unet_key`/`ldm_vae_key` translate
+one name; `ldm_text_tensors` also splits the fused qkv; `reshape_like` squeezes 1x1-conv weights where
+our layer is a Linear.
 """
 from __future__ import annotations
 
@@ -137,8 +137,51 @@ def read_mindone_ckpt(path: Path) -> dict[str, np.ndarray]:
             for k, v in params.items()}
 
 
-def load_mindone(path: Path, unet, vae) -> list[str]:
-    """Strictly load a mindone SD `.ckpt` into `unet` and `vae`; returns the skipped text-encoder names."""
+_TEXT_PARTS = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "c_fc": "mlp.fc1", "c_proj": "mlp.fc2",
+               "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2", "attn.attn.out_proj": "self_attn.out_proj",
+               "attn.out_proj": "self_attn.out_proj"}
+
+
+def ldm_text_tensors(tensors: dict[str, np.ndarray], num_layers: int) -> tuple[dict[str, np.ndarray], list[str]]:
+    """mindone SD 2.x text tower (OpenCLIP layout, fused qkv) → HF CLIPTextModel names without `text_model.`.
+
+    Blocks at index >= `num_layers` are dropped: SD 2.x conditions on OpenCLIP's penultimate layer, and
+    diffusers' SD 2.x text encoder config has 23 of the 24 blocks. Returns (tensors, dropped names).
+    """
+    out, dropped = {}, []
+    for full, arr in tensors.items():
+        name = _clean(full[len(TEXT_PREFIX):]).removeprefix("transformer.").removeprefix("model.")
+        m = re.match(r"(?:transformer_layer\.|transformer\.)?resblocks\.(\d+)\.(.*)\.(weight|bias)$", name)
+        if m:
+            i, part, leaf = int(m[1]), m[2], m[3]
+            if i >= num_layers:
+                dropped.append(full)
+            elif part in ("attn.attn.in_proj", "attn.in_proj"):
+                for proj, chunk in zip(("q_proj", "k_proj", "v_proj"), np.split(arr, 3)):
+                    out[f"encoder.layers.{i}.self_attn.{proj}.{leaf}"] = chunk
+            elif part in _TEXT_PARTS:
+                out[f"encoder.layers.{i}.{_TEXT_PARTS[part]}.{leaf}"] = arr
+            else:
+                raise checkpoint.CheckpointError(f"text tensor {full!r} has no mapping")
+        elif name in ("embedding_table", "token_embedding.weight"):
+            out["embeddings.token_embedding.weight"] = arr
+        elif name == "positional_embedding":
+            out["embeddings.position_embedding.weight"] = arr
+        elif name.startswith("ln_final."):
+            out["final_layer_norm." + name.split(".")[-1]] = arr
+        elif name in ("text_projection", "logit_scale", "attn_mask"):
+            dropped.append(full)     # CLIP-score heads, unused for SD conditioning
+        else:
+            raise checkpoint.CheckpointError(f"text tensor {full!r} has no mapping")
+    return out, dropped
+
+
+def load_mindone(path: Path, unet, vae, text_net=None) -> list[str]:
+    """Strictly load a mindone SD `.ckpt` into `unet`, `vae` and (if given) the CLIP text Cell `text_net`.
+
+    Returns the names deliberately not loaded (the text tower when `text_net` is None, OpenCLIP's last
+    block and heads otherwise).
+    """
     tensors = read_mindone_ckpt(path)
     n_vae = len(vae.config.block_out_channels)
     unet_items, vae_items, skipped, unknown = [], [], [], []
@@ -157,7 +200,12 @@ def load_mindone(path: Path, unet, vae) -> list[str]:
         raise checkpoint.CheckpointError(f"{path}: tensor(s) {[n for n, _ in unknown][:10]} have no mapping")
     checkpoint.assign_strict(unet, reshape_like(unet_items, unet), source=f"{path} (unet)")
     checkpoint.assign_strict(vae, reshape_like(vae_items, vae), source=f"{path} (vae)")
-    return skipped
+    if text_net is None or not skipped:
+        return skipped
+    layers = 1 + max(int(p.name.split(".")[2]) for p in text_net.get_parameters() if p.name.startswith("encoder.layers."))
+    text, dropped = ldm_text_tensors({k: tensors[k] for k in skipped}, layers)
+    checkpoint.assign_strict(text_net, text.items(), source=f"{path} (text encoder)")
+    return dropped
 
 
 # ------------------------------------------------------------------------------ diffusers folders

@@ -1,5 +1,6 @@
 """mindone SD `.ckpt` files (LDM names, MindSpore spellings) load through the key map."""
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -76,6 +77,31 @@ def to_mindone_vae(name: str, n: int) -> str:
     return f"{part}.{rest.replace('conv_norm_out', 'norm_out')}"
 
 
+def to_mindone_text(directory) -> dict:
+    """HF CLIPTextModel tensors → mindone SD 2.x (OpenCLIP) names, plus the 24th block SD 2 skips."""
+    from safetensors.numpy import load_file
+
+    hf = {k.removeprefix("text_model."): v for k, v in load_file(str(directory / "model.safetensors")).items()}
+    pre = "cond_stage_model.transformer."
+    out = {pre + "embedding_table": hf["embeddings.token_embedding.weight"],
+           pre + "positional_embedding": hf["embeddings.position_embedding.weight"],
+           pre + "ln_final.gamma": hf["final_layer_norm.weight"], pre + "ln_final.beta": hf["final_layer_norm.bias"],
+           pre + "text_projection": np.eye(32, dtype=np.float32)}
+    layers = 1 + max(int(k.split(".")[2]) for k in hf if k.startswith("encoder.layers."))
+    for i in range(layers + 1):           # one block more than the HF config: OpenCLIP's last, unused
+        src, dst = f"encoder.layers.{min(i, layers - 1)}.", f"{pre}transformer_layer.resblocks.{i}."
+        for leaf in ("weight", "bias"):
+            out[dst + f"attn.attn.in_proj.{leaf}"] = np.concatenate(
+                [hf[src + f"self_attn.{p}_proj.{leaf}"] for p in "qkv"])
+            out[dst + f"attn.attn.out_proj.{leaf}"] = hf[src + f"self_attn.out_proj.{leaf}"]
+            out[dst + f"c_fc.{leaf}"] = hf[src + f"mlp.fc1.{leaf}"]
+            out[dst + f"c_proj.{leaf}"] = hf[src + f"mlp.fc2.{leaf}"]
+        for ln, hf_ln in (("ln_1", "layer_norm1"), ("ln_2", "layer_norm2")):
+            out[dst + f"{ln}.gamma"] = hf[src + f"{hf_ln}.weight"]
+            out[dst + f"{ln}.beta"] = hf[src + f"{hf_ln}.bias"]
+    return out
+
+
 @pytest.fixture(scope="module")
 def mindone_ckpt(tmp_path_factory):
     from pmg_models.sd.weights import load_unet, load_vae
@@ -98,7 +124,8 @@ def mindone_ckpt(tmp_path_factory):
         name = "first_stage_model." + to_mindone_vae(p.name, n_vae)
         items.append({"name": name, "data": ms.Tensor(arr)})
         source[name] = ("vae", p.name)
-    items.append({"name": "cond_stage_model.transformer.ln_final.gamma", "data": ms.Tensor(np.ones(32, np.float32))})
+    for name, arr in to_mindone_text(sd / "text_encoder").items():
+        items.append({"name": name, "data": ms.Tensor(arr)})
     items.append({"name": "betas", "data": ms.Tensor(np.linspace(0, 1, 10).astype(np.float32))})
     path = root / "sd_v1_mindone.ckpt"
     ms.save_checkpoint(items, str(path))
@@ -128,7 +155,7 @@ def test_mindone_ckpt_loads_through_the_key_map(mindone_ckpt):
     path, unet, vae, _, _ = mindone_ckpt
     fresh_unet, fresh_vae = UNet2DConditionModel(unet.config), AutoencoderKL(vae.config)
     skipped = weights.load_mindone(path, fresh_unet, fresh_vae)
-    assert skipped == ["cond_stage_model.transformer.ln_final.gamma"]
+    assert skipped and all(name.startswith("cond_stage_model.") for name in skipped)
     for ours, ref in ((fresh_unet, unet), (fresh_vae, vae)):
         want = {p.name: p.asnumpy() for p in ref.get_parameters()}
         for p in ours.get_parameters():
@@ -149,11 +176,28 @@ def test_mindone_missing_tensor_is_named(mindone_ckpt, tmp_path):
         weights.load_mindone(short, UNet2DConditionModel(unet.config), AutoencoderKL(vae.config))
 
 
-def test_pipeline_takes_unet_and_vae_from_a_mindone_ckpt(mindone_ckpt):
+def test_pipeline_takes_all_weights_from_a_mindone_ckpt(mindone_ckpt, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
     from pmg_models.sd.pipeline import StableDiffusion
 
     path, _, _, sd, _ = mindone_ckpt
     a = StableDiffusion.from_pretrained(sd)
-    b = StableDiffusion.from_pretrained(sd, mindone_ckpt=path)
+    # scramble the folder's text weights: the ckpt's text tower must be what gets used
+    other = tmp_path / "other"
+    shutil.copytree(sd, other)
+    f = other / "text_encoder" / "model.safetensors"
+    save_file({k: v[::-1].copy() for k, v in load_file(str(f)).items()}, str(f))
+    b = StableDiffusion.from_pretrained(other, mindone_ckpt=path)
+    np.testing.assert_array_equal(a.encode_prompt(["a red poster"])[0], b.encode_prompt(["a red poster"])[0])
     lat = a.prepare_latents([2], 32, 32)
     np.testing.assert_array_equal(a.decode(lat), b.decode(lat))
+
+
+def test_text_mapping_splits_qkv_and_drops_the_last_block():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 2)).astype(np.float32)
+    pre = "cond_stage_model.transformer.transformer_layer.resblocks."
+    out, dropped = weights.ldm_text_tensors({pre + "0.attn.attn.in_proj.weight": w, pre + "1.ln_1.gamma": w[0]}, 1)
+    np.testing.assert_array_equal(out["encoder.layers.0.self_attn.k_proj.weight"], w[2:4])
+    assert dropped == [pre + "1.ln_1.gamma"]
