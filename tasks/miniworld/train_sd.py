@@ -51,6 +51,7 @@ class SDStageConfig:
     eval_captions: int = 0             # 0 = all 324 block captions, else the first N (smoke)
     eval_random: int = 36              # images from the untrained UNet as the chance baseline (0 = skip)
     eval_micro_batch: int = 36
+    save_every: int = 250              # EMA weights written to the folder every N steps (a stopped run stays usable)
 
     @classmethod
     def smoke(cls) -> "SDStageConfig":
@@ -247,6 +248,8 @@ def train_sd(out_dir, clip_dir, seed: int = 0, cfg: SDStageConfig = SDStageConfi
                     runtime.to_tensor(states[caps]), runtime.to_tensor(v))
         ema.update()
         progress(s, loss)
+        if cfg.save_every and (s + 1) % cfg.save_every == 0 and s + 1 < cfg.steps:
+            write_folder(sd_dir, ucfg, ema.arrays(), codec.CodecConfig())
     unet.set_train(False)
     write_folder(sd_dir, ucfg, ema.arrays(), codec.CodecConfig())
     metrics = {"stage": "sd", "steps": cfg.steps, "batch": cfg.batch, "seconds_train": round(progress.seconds, 1),

@@ -1,0 +1,41 @@
+"""`pmg train-miniworld OUT`: train the miniature world's CLIP, SD and Llama (and its evaluation CNN)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+STAGE_NAMES = ("classifier", "clip", "sd", "llama")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train-miniworld",
+                       help="train the miniature world's models from a seed (checkpoints, gates, metrics.json)")
+    p.add_argument("out", type=Path, help="output directory (classifier/, clip/, sd/, llama/, metrics.json)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="a few dozen steps per stage: checks losses fall and shapes")
+    p.add_argument("--stages", default=",".join(STAGE_NAMES),
+                   help="comma-separated subset of " + ",".join(STAGE_NAMES) + " (others keep their earlier output)")
+    p.set_defaults(handler=train_miniworld)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def train_miniworld(args) -> int:
+    from tasks.miniworld.train import train_miniworld as run
+
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    unknown = sorted(set(stages) - set(STAGE_NAMES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_NAMES)}")
+    metrics = run(args.out, seed=args.seed, smoke=args.smoke, stages=stages, emit=_say)
+    for name, gate in metrics.get("gates", {}).items():
+        _say(f"gate {name}: {gate['value']:.3f} (>= {gate['threshold']}) {'PASS' if gate['passed'] else 'FAIL'}")
+    failed = [name for name, ok in metrics.get("checks", {}).items() if not ok]
+    _say(f"metrics: {args.out / 'metrics.json'} ({metrics['seconds']['total']:.0f} s)")
+    if failed:
+        print(f"pmg: checks failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
