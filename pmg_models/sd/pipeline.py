@@ -72,6 +72,27 @@ def _pad_to(arr: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([arr, np.repeat(arr[-1:], size - len(arr), 0)], 0)
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise checkpoint.CheckpointError(f"cannot read {path}: {exc}") from None
+
+
+def _file_fingerprint(path: Path, base: str) -> str:
+    """Folder fingerprint extended by a weights file's size and first/last MiB (as checkpoint.fingerprint)."""
+    import hashlib
+
+    h = hashlib.sha256(base.encode())
+    size = path.stat().st_size
+    h.update(f"{path.name}:{size}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
 def weighted_states(states: np.ndarray, weights_per_token: np.ndarray) -> np.ndarray:
     """A1111 prompt weighting: states (T, D) times per-token weights, then rescaled to the original mean.
 
@@ -127,8 +148,8 @@ class StableDiffusion:
         missing = [c for c in COMPONENTS if not (directory / c).is_dir()]
         if missing:
             raise checkpoint.CheckpointError(f"{directory} lacks component folder(s) {missing}")
-        json.loads(index.read_text())  # a corrupt index fails here, naming the file via JSONDecodeError
-        sched_cfg = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
+        _read_json(index)
+        sched_cfg = _read_json(directory / "scheduler" / "scheduler_config.json")
         text = CLIPTextModel.from_pretrained(directory / "text_encoder")
         if mindone_ckpt is None:
             unet, vae = weights.load_unet(directory / "unet"), weights.load_vae(directory / "vae")
@@ -136,8 +157,11 @@ class StableDiffusion:
             unet = UNet2DConditionModel(UNetConfig.from_json(directory / "unet" / "config.json"))
             vae = AutoencoderKL(VAEConfig.from_json(directory / "vae" / "config.json"))
             weights.load_mindone(mindone_ckpt, unet, vae, text.net)
-        return cls(unet, vae, text,
-                   CLIPTokenizer.from_dir(directory / "tokenizer"), sched_cfg, scheduler, directory, micro_batch)
+        pipe = cls(unet, vae, text, CLIPTokenizer.from_dir(directory / "tokenizer"), sched_cfg, scheduler,
+                   directory, micro_batch)
+        if mindone_ckpt is not None:
+            pipe.fingerprint = _file_fingerprint(Path(mindone_ckpt), pipe.fingerprint)
+        return pipe
 
     @property
     def default_size(self) -> int:

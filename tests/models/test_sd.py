@@ -169,3 +169,11 @@ def test_missing_component_folder(tiny_dir, tmp_path):
     shutil.rmtree(broken / "vae")
     with pytest.raises(checkpoint.CheckpointError, match="vae"):
         StableDiffusion.from_pretrained(broken)
+
+
+def test_corrupt_scheduler_config_is_named(tiny_dir, tmp_path):
+    broken = tmp_path / "broken_json"
+    shutil.copytree(tiny_dir, broken)
+    (broken / "scheduler" / "scheduler_config.json").write_text("{not json")
+    with pytest.raises(checkpoint.CheckpointError, match="scheduler_config.json"):
+        StableDiffusion.from_pretrained(broken)

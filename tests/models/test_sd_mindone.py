@@ -192,6 +192,7 @@ def test_pipeline_takes_all_weights_from_a_mindone_ckpt(mindone_ckpt, tmp_path):
     np.testing.assert_array_equal(a.encode_prompt(["a red poster"])[0], b.encode_prompt(["a red poster"])[0])
     lat = a.prepare_latents([2], 32, 32)
     np.testing.assert_array_equal(a.decode(lat), b.decode(lat))
+    assert b.fingerprint != a.fingerprint and len(b.fingerprint) == 16
 
 
 def test_text_mapping_splits_qkv_and_drops_the_last_block():
