@@ -40,7 +40,7 @@ def run(warehouse: Path, args, out=sys.stdout) -> int:
     # Tiny models run faster eagerly than they compile (2-13 s per static shape).
     os.environ.setdefault("PMG_JIT", "0")
     started = time.monotonic()
-    prefect_env.configure(warehouse)
+    prefect_env.configure(warehouse, quiet=not args.debug)
     from flows.backfill import backfill
     from flows.gallery import write_gallery
     from warehouse.ingest import ingest

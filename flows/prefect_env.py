@@ -11,6 +11,7 @@ is started.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 from pathlib import Path
@@ -21,8 +22,12 @@ STARTUP_TIMEOUT_S = 90
 STOP_GRACE_S = 2.0
 
 
-def configure(warehouse: Path | str) -> Path:
-    """Set Prefect's environment for this process (call before importing prefect); returns PREFECT_HOME."""
+def configure(warehouse: Path | str, quiet: bool = False) -> Path:
+    """Set Prefect's environment for this process (call before importing prefect); returns PREFECT_HOME.
+
+    quiet: keep Prefect's own console logs (run states, failure tracebacks) off the terminal; the
+    API still records them.
+    """
     home = Path(warehouse).resolve() / "prefect"
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(home))
@@ -30,6 +35,8 @@ def configure(warehouse: Path | str) -> Path:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(STARTUP_TIMEOUT_S))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the CLI shows its own progress
     os.environ.setdefault("PREFECT_UI_ENABLED", "false")
+    if quiet:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     return Path(os.environ["PREFECT_HOME"])
 
 
@@ -46,7 +53,10 @@ def embedded_api(warehouse: Path | str) -> Iterator[str | None]:
     server.start(timeout=STARTUP_TIMEOUT_S)
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield server.api_url
+            try:
+                yield server.api_url
+            finally:
+                _flush_logs()
     finally:
         _stop(server)
 
@@ -75,13 +85,17 @@ def _quiet_server(log_path: Path):
     return QuietServer()
 
 
-def _stop(server) -> None:
-    try:  # send buffered run logs while the API is still up
+def _flush_logs() -> None:
+    """Send buffered run logs while the API is still up (else Prefect prints 'Error logging to API')."""
+    try:
         from prefect.logging.handlers import APILogHandler
 
         APILogHandler.flush()
     except Exception:  # noqa: BLE001 - logs are observability only; never fail the command here
         pass
+
+
+def _stop(server) -> None:
     proc = server.server_process
     if proc is not None:
         proc.terminate()
@@ -92,3 +106,6 @@ def _stop(server) -> None:
             proc.kill()
             proc.wait()
     server.stop()
+    # Prefect's log worker drains once more at interpreter exit; with the API gone it would print
+    # "Error logging to API". Those records are observability only: drop them quietly.
+    logging.raiseExceptions = False

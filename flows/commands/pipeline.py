@@ -75,11 +75,7 @@ def _run_flow(root: Path, debug: bool, fn, **kwargs) -> dict:
     """Run a flow on the embedded Prefect API with a terminal progress bar."""
     from flows import prefect_env, progress
 
-    prefect_env.configure(root)
-    if not debug:
-        import os
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", "CRITICAL")
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_TASK_RUNS_LEVEL", "CRITICAL")
+    prefect_env.configure(root, quiet=not debug)
     progress.install(progress.TerminalProgress())
     with prefect_env.embedded_api(root):
         return fn(**kwargs)
@@ -89,7 +85,7 @@ def cmd_backfill(args) -> int:
     root = Path(args.warehouse)
     started = time.monotonic()
     from flows import prefect_env
-    prefect_env.configure(root)
+    prefect_env.configure(root, quiet=not args.debug)
     from flows.backfill import backfill
 
     result = _run_flow(root, args.debug, backfill, warehouse=str(root), targets=args.targets, movies=args.movie,
@@ -104,7 +100,7 @@ def cmd_nightly(args) -> int:
     root = Path(args.warehouse)
     started = time.monotonic()
     from flows import prefect_env
-    prefect_env.configure(root)
+    prefect_env.configure(root, quiet=not args.debug)
     from flows.nightly import nightly
 
     result = _run_flow(root, args.debug, nightly, warehouse=str(root), source=args.source, config=args.config)
