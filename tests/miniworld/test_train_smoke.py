@@ -1,0 +1,39 @@
+"""`pmg train-miniworld --smoke`: every stage trains a few dozen steps, losses fall, saved models load with the
+standard loaders and give the expected shapes, metrics.json records it all."""
+import json
+
+import pytest
+
+from tasks.miniworld.train import STAGES, train_miniworld
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    return out, train_miniworld(out, seed=0, smoke=True)
+
+
+def test_smoke_losses_fall_and_shapes_match(smoke_run):
+    out, metrics = smoke_run
+    assert set(metrics["stages"]) == set(STAGES)
+    assert metrics["checks"] and all(metrics["checks"].values()), metrics["checks"]
+    for name in ("clip_shapes", "sd_shapes", "llama_shapes", "clip_loss_fell", "sd_loss_fell", "llama_loss_fell"):
+        assert metrics["checks"][name]
+    assert json.loads((out / "metrics.json").read_text())["checks"] == metrics["checks"]
+
+
+def test_smoke_writes_standard_layouts(smoke_run):
+    out, _ = smoke_run
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "vocab.json"} <= {p.name for p in (out / "clip").iterdir()}
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (out / "sd" / part).is_dir()
+    assert (out / "sd" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert {"config.json", "model.safetensors", "tokenizer.model"} <= {p.name for p in (out / "llama").iterdir()}
+
+
+def test_smoke_gates_are_reported(smoke_run):
+    _, metrics = smoke_run
+    assert set(metrics["gates"]) == {"clip_retrieval_top1", "sd_target_background", "sd_preference_motif",
+                                     "llama_keyword_accuracy"}
+    for gate in metrics["gates"].values():
+        assert 0.0 <= gate["value"] <= 1.0 and isinstance(gate["passed"], bool)
