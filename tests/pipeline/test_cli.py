@@ -1,0 +1,34 @@
+"""The command line on the embedded Prefect API: clean output, progress, summary, one-sentence errors."""
+import os
+import subprocess
+import sys
+
+from tests.pipeline.conftest import subprocess_env
+
+
+def pmg(root, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "flows", "--warehouse", str(root), *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_backfill_on_its_own_embedded_api_prints_progress_and_summary_only(make_warehouse):
+    root = make_warehouse()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PMG_JIT"] = "0"
+    out = pmg(root, "backfill", "--targets", "holdout", "--limit-users", "2", "--candidates", "1", "--steps", "1",
+              "--height", "32", "--width", "32", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout + out.stderr
+    for noise in ("Traceback", "Error flushing", "CancelledError", "Error logging to API", "| INFO", "| ERROR"):
+        assert noise not in text, text[-3000:]
+    assert "generate" in out.stderr and "ETA" in out.stderr or "pairs/s" in out.stderr  # the progress bar
+    assert "finished in" in out.stdout and "processed" in out.stdout and "posters" in out.stdout
+    assert (root / "prefect" / "server.log").exists()  # PREFECT_HOME lives inside the warehouse
+
+
+def test_user_errors_are_one_sentence_without_traceback(make_warehouse, prefect_api):
+    root = make_warehouse()
+    out = pmg(root, "backfill", "--movie", "99999999", env=subprocess_env(prefect_api))
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "pmg: error: movie id(s) [99999999] are not in the warehouse; check the ids or ingest first"]
