@@ -26,8 +26,8 @@ from tasks import evaluation as E
 from tasks import resources
 from tasks.pmg import conditioning, prompts, scoring
 
-LPIPS_NOTE = ("LPIPS skipped: pass --lpips-weights with the LPIPS backbone weights to request it; note that this "
-              "version does not implement LPIPS yet (CLIP and SSIM scores are reported)")
+LPIPS_NOTE = ("LPIPS skipped: pass --lpips-weights PATH (safetensors with AlexNet's conv layers and LPIPS' lin "
+              "layers, see pmg_models/lpips.py) to add LPIPS vs the target and history posters")
 ROW_FIELDS = ("run_id", "variant", "user_id", "target_movie_id", "candidate", "seed", "weight", "w_soft", "alpha",
               "d_p", "d_t", "z", "selected", "d_p_text", "d_t_text", "d_p_image", "d_t_image", "ssim_target",
               "ssim_history", "lpips_target", "lpips_history", "prompt", "image_path")
@@ -114,12 +114,14 @@ def score_chunk(pipe, clip_model, pairs, item_kw, jobs: list[E.Job], soft_emb, p
             target = E.read_poster(posters, p.target_movie_id)
             hist = [h for h in (E.read_poster(posters, x["movie_id"]) for x in p.history) if h is not None]
             ssim_t, ssim_h = E.ssim_scores(img, target, hist)
+            lp_t, lp_h = E.lpips_scores(o["lpips"], img, target, hist) if o["lpips"] is not None else (None, None)
         else:
             ssim_t = ssim_h = math.nan
+            lp_t = lp_h = None
         rel = Path("images") / j.variant / f"u{p.user_id}_m{p.target_movie_id}_c{j.candidate}.png"
         rows.append({"run_id": run_id, "variant": j.variant, "user_id": p.user_id, "target_movie_id": p.target_movie_id,
                      "candidate": j.candidate, "seed": j.seed, "weight": j.w, "w_soft": o["w_soft"] if j.soft else None,
-                     **s, "ssim_target": ssim_t, "ssim_history": ssim_h, "lpips_target": None, "lpips_history": None,
+                     **s, "ssim_target": ssim_t, "ssim_history": ssim_h, "lpips_target": lp_t, "lpips_history": lp_h,
                      "prompt": conditioning.prompt_text(j.segments), "image_path": rel.as_posix()})
     _save_images(out_dir, rows, images)
     return rows
@@ -150,8 +152,9 @@ def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Seque
              f"{settings['pairs']} held-out (user, target) pairs, {settings['candidates']} candidates per variant, "
              f"selection at α = {settings['alpha']:.3f} (z = α·log d_p + (1−α)·log d_t).", "",
              "| variant | pairs | mean d_p | mean d_t | d_p > baseline | Δ d_t vs baseline | d_p text | d_t text "
-             "| d_p image | d_t image | SSIM target | SSIM history |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| d_p image | d_t image | SSIM target | SSIM history | LPIPS target | LPIPS history "
+             "| Δ LPIPS history vs baseline |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by = {r["variant"]: r for r in summary}
     for v in E.VARIANTS:
         if v in by:
@@ -162,14 +165,17 @@ def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Seque
                          f"| {win} | {'—' if v == 'baseline' else _fmt(r['rel_change_d_t'], True)} "
                          f"| {_fmt(r['mean_d_p_text'])} | {_fmt(r['mean_d_t_text'])} | {_fmt(r['mean_d_p_image'])} "
                          f"| {_fmt(r['mean_d_t_image'])} | {_fmt(r['mean_ssim_target'])} "
-                         f"| {_fmt(r['mean_ssim_history'])} |")
+                         f"| {_fmt(r['mean_ssim_history'])} | {_fmt(r['mean_lpips_target'])} "
+                         f"| {_fmt(r['mean_lpips_history'])} | {_fmt(r['rel_change_lpips_history'], True)} |")
         else:
             lines.append(f"| {E.VARIANT_TITLES[v]} | skipped: {skipped.get(v, 'not requested')} |"
-                         + " |" * 10)
+                         + " |" * 13)
     lines += ["", "d_p / d_t: CLIP 100·cos of the selected image with the preference / target keyword text, "
               "blended geometrically with the image–image score (history posters / target poster) when posters "
               "exist. \"d_p > baseline\": share of pairs whose selected image has a higher d_p than the baseline's "
-              "(ties count half). Δ d_t: relative change of mean d_t against the baseline.", "", "## Notes", ""]
+              "(ties count half). Δ d_t: relative change of mean d_t against the baseline. LPIPS (when weights are "
+              "given): lower = more similar; a negative Δ LPIPS history means images closer to the user's history "
+              "posters than the baseline's (the paper's personalization measure).", "", "## Notes", ""]
     lines += [f"- {n}" for n in notes]
     lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()]
     tmp = path.with_name(path.name + ".tmp")
@@ -242,9 +248,8 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
     from pmg_models import soft_prompt as S
     from warehouse.db import connect_reader
 
-    if lpips_weights:
-        raise ValueError(f"--lpips-weights {lpips_weights}: LPIPS is not implemented in this version of pmg evaluate; "
-                         "drop the flag (CLIP and SSIM scores are reported)")
+    if lpips_weights and not posters:
+        raise ValueError("--lpips-weights needs --posters: LPIPS compares the images with the target and history posters")
     if candidates < 1 or steps < 1:
         raise ValueError("--candidates and --steps must be at least 1")
     posters_dir = Path(posters) if posters else None
@@ -254,7 +259,14 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
     models = resolve_models(warehouse, config, llm=llm, sd=sd, clip=clip, soft_prompt=soft_prompt)
     run_id = run_id or new_run_id("evaluate")
     out_dir = Path(out) if out else Path(warehouse) / "evaluations" / run_id
-    notes = [LPIPS_NOTE]
+    lpips_model = None
+    if lpips_weights:
+        from pmg_models.lpips import LPIPS
+
+        lpips_model = LPIPS.from_weights(lpips_weights)
+        notes = [f"LPIPS (AlexNet, lpips v0.1 formula) from {lpips_weights}; lower = more similar."]
+    else:
+        notes = [LPIPS_NOTE]
     if posters_dir is None:
         notes.append("No --posters: image–image scores and SSIM were not computed; d_p and d_t are CLIP text scores.")
 
@@ -292,7 +304,7 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
 
     size = int(size or pipe.default_size)
     jobs = E.plan_jobs(pairs, item_kw, variants, candidates, seed)
-    opts = {"steps": steps, "size": size, "guidance": guidance, "w_soft": w_soft}
+    opts = {"steps": steps, "size": size, "guidance": guidance, "w_soft": w_soft, "lpips": lpips_model}
     base, poster_emb = [], {}
     for start in range(0, len(pairs), PAIR_CHUNK):  # bounded memory: images live for one chunk of pairs
         part = [j for j in jobs if start <= j.pair < start + PAIR_CHUNK]

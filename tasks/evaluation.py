@@ -182,18 +182,31 @@ def plan_jobs(pairs: Sequence[Pair], item_kw, variants: Sequence[str], k: int, b
     return jobs
 
 
-def ssim_scores(image: np.ndarray, target: np.ndarray | None, history_posters: Sequence[np.ndarray]) -> tuple:
-    """(SSIM vs target poster, mean SSIM vs history posters); posters resized to the image size; NaN if absent."""
+def fit_to(ref: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """A poster resized (bicubic) to the generated image's size."""
     from PIL import Image
 
-    def fit(ref):
-        if ref.shape[:2] == image.shape[:2]:
-            return ref
-        return np.asarray(Image.fromarray(ref).resize((image.shape[1], image.shape[0]), Image.BICUBIC))
+    if ref.shape[:2] == image.shape[:2]:
+        return ref
+    return np.asarray(Image.fromarray(ref).resize((image.shape[1], image.shape[0]), Image.BICUBIC))
 
-    t = metrics.ssim(image, fit(target)) if target is not None else math.nan
-    h = metrics.mean_ssim_to(image, [fit(r) for r in history_posters]) if history_posters else math.nan
+
+def ssim_scores(image: np.ndarray, target: np.ndarray | None, history_posters: Sequence[np.ndarray]) -> tuple:
+    """(SSIM vs target poster, mean SSIM vs history posters); posters resized to the image size; NaN if absent."""
+    t = metrics.ssim(image, fit_to(target, image)) if target is not None else math.nan
+    h = metrics.mean_ssim_to(image, [fit_to(r, image) for r in history_posters]) if history_posters else math.nan
     return t, h
+
+
+def lpips_scores(model, image: np.ndarray, target: np.ndarray | None, history_posters: Sequence[np.ndarray]) -> tuple:
+    """(LPIPS vs target poster, mean LPIPS vs history posters) with a pmg_models.lpips.LPIPS; NaN if absent."""
+    refs = ([target] if target is not None else []) + list(history_posters)
+    if not refs:
+        return math.nan, math.nan
+    d = model.distance([image] * len(refs), [fit_to(r, image) for r in refs])
+    t = float(d[0]) if target is not None else math.nan
+    hist = d[1:] if target is not None else d
+    return t, float(hist.mean()) if len(hist) else math.nan
 
 
 def score_rows(base: list[dict], alphas: Sequence[float], image_weight: float = scoring.DEFAULT_IMAGE_WEIGHT) -> list[dict]:
@@ -219,7 +232,8 @@ def score_rows(base: list[dict], alphas: Sequence[float], image_weight: float = 
     return out
 
 
-SUMMARY_METRICS = ("d_p", "d_t", "d_p_text", "d_t_text", "d_p_image", "d_t_image", "ssim_target", "ssim_history")
+SUMMARY_METRICS = ("d_p", "d_t", "d_p_text", "d_t_text", "d_p_image", "d_t_image", "ssim_target", "ssim_history",
+                   "lpips_target", "lpips_history")
 
 
 def _mean(values) -> float:
@@ -237,18 +251,33 @@ def summarize(rows: list[dict], alpha: float, variants: Sequence[str]) -> list[d
     out = []
     for v in variants:
         sel = by_variant[v]
-        row = {"variant": v, "alpha": alpha, "pairs": len(sel), **{f"mean_{m}": _mean(r[m] for r in sel)
+        row = {"variant": v, "alpha": alpha, "pairs": len(sel), **{f"mean_{m}": _mean(r.get(m) for r in sel)
                                                                      for m in SUMMARY_METRICS}}
         paired = [(r, base[(r["user_id"], r["target_movie_id"])]) for r in sel
                   if (r["user_id"], r["target_movie_id"]) in base]
-        row.update(win_rate_d_p=math.nan, rel_change_d_p=math.nan, rel_change_d_t=math.nan)
+        row.update(win_rate_d_p=math.nan, rel_change_d_p=math.nan, rel_change_d_t=math.nan,
+                   win_rate_lpips_history=math.nan, rel_change_lpips_history=math.nan,
+                   rel_change_lpips_target=math.nan)
         if v != "baseline" and paired:
-            cmp = metrics.compare_to_baseline([a["d_p"] for a, _ in paired], [b["d_p"] for _, b in paired],
-                                              [a["d_t"] for a, _ in paired], [b["d_t"] for _, b in paired])
+            cmp = metrics.compare_to_baseline(*_columns(paired, "d_p", "d_t"))
             row.update(win_rate_d_p=cmp["win_rate_d_p"], rel_change_d_p=cmp["rel_change_d_p"],
                        rel_change_d_t=cmp["rel_change_d_t"])
+            if all(a.get("lpips_history") is not None and a.get("lpips_target") is not None for a, _ in paired):
+                # Lower LPIPS = more similar: personalization wins when LPIPS vs history drops.
+                lp = metrics.compare_to_baseline(*_columns(paired, "lpips_history", "lpips_target"),
+                                                 higher_is_better=False)
+                row.update(win_rate_lpips_history=lp["win_rate_d_p"], rel_change_lpips_history=lp["rel_change_d_p"],
+                           rel_change_lpips_target=lp["rel_change_d_t"])
         out.append(row)
     return out
+
+
+def _columns(paired, p: str, t: str) -> tuple:
+    """(method p, baseline p, method t, baseline t) value lists of paired (method row, baseline row)."""
+    def get(r, k):
+        return math.nan if r[k] is None else r[k]
+    return ([get(a, p) for a, _ in paired], [get(b, p) for _, b in paired],
+            [get(a, t) for a, _ in paired], [get(b, t) for _, b in paired])
 
 
 def sweep(rows: list[dict], variants: Sequence[str]) -> dict[str, list[tuple[float, float, float]]]:

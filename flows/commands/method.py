@@ -44,7 +44,8 @@ def register(sub) -> None:
     p.add_argument("--w-soft", type=float, default=1.0, help="scale of the soft tokens (default 1)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--limit-users", type=int, help="only the first N users (by id)")
-    p.add_argument("--lpips-weights", help="LPIPS backbone weights (not supported in this version; see the message)")
+    p.add_argument("--lpips-weights", help="LPIPS-alex weights: a safetensors file or directory (AlexNet conv "
+                                           "layers + LPIPS lin layers); needs --posters")
     p.add_argument("--out", help="report directory (default <warehouse>/evaluations/<run id>)")
     p.add_argument("--run-id", help="replace this evaluation run's rows and files instead of starting a new run")
     p.set_defaults(handler=cmd_evaluate)

@@ -81,20 +81,25 @@ def test_train_then_evaluate_then_rerun(world, capsys):
     (n, steps), = _sql(world, "SELECT examples, steps FROM soft_prompt_checkpoints")
     assert n == 3 and steps == 2
 
+    from pmg_models.checkpoint import save_safetensors
+    from tests.method_train.test_lpips import _weights
+
+    save_safetensors(world["base"] / "lpips.safetensors", _weights())
     args = ["evaluate", "--posters", str(world["posters"]), "--soft-prompt", str(ck), "--limit-users", "2",
-            "--steps", "2", "--size", "32"]
+            "--steps", "2", "--size", "32", "--lpips-weights", str(world["base"] / "lpips.safetensors")]
     assert _pmg(world, *args) == 0
     run_id = _sql(world, "SELECT run_id FROM runs WHERE flow = 'evaluate'")[0][0]
     out_dir = world["root"] / "evaluations" / run_id
     md = (out_dir / "summary.md").read_text()
     assert all(title in md for title in VARIANT_TITLES.values()) and "skipped" not in md.split("## Notes")[0]
-    assert "LPIPS skipped" in md
+    assert "LPIPS (AlexNet" in md
     assert (out_dir / "alpha_sweep.png").read_bytes()[:4] == b"\x89PNG"
     summary = list(csv.DictReader(open(out_dir / "summary.csv")))
     assert [r["variant"] for r in summary] == ["baseline", "pmg", "keywords", "soft"]
     assert all(_finite(r[k]) for r in summary for k in ("mean_d_p", "mean_d_t", "mean_ssim_target", "mean_ssim_history",
-                                                        "mean_d_p_image", "mean_d_t_image"))
-    assert all(_finite(r["win_rate_d_p"]) and _finite(r["rel_change_d_t"]) for r in summary[1:])
+                                                        "mean_d_p_image", "mean_d_t_image", "mean_lpips_target",
+                                                        "mean_lpips_history"))
+    assert all(_finite(r[k]) for r in summary[1:] for k in ("win_rate_d_p", "rel_change_d_t", "rel_change_lpips_history"))
     rows = list(csv.DictReader(open(out_dir / "results.csv")))
     assert len(rows) == 4 * 2 * 2 * 6  # variants x pairs x candidates x alphas
     assert all((out_dir / r["image_path"]).is_file() for r in rows)
@@ -116,7 +121,7 @@ def test_train_then_evaluate_then_rerun(world, capsys):
     runs = _sql(world, "SELECT run_id FROM runs WHERE flow = 'evaluate' ORDER BY started_at")
     assert len(runs) == 2
     md = (world["root"] / "evaluations" / runs[1][0] / "summary.md").read_text()
-    assert "skipped: no soft prompt given" in md and VARIANT_TITLES["soft"] in md
+    assert "skipped: no soft prompt given" in md and VARIANT_TITLES["soft"] in md and "LPIPS skipped" in md
     (variants, images), = _sql(world, "SELECT list(DISTINCT variant ORDER BY variant), count(d_t_image) FROM evaluations "
                                "WHERE run_id = ?", [runs[1][0]])
     assert variants == ["baseline", "keywords"] and images == 0
@@ -124,7 +129,9 @@ def test_train_then_evaluate_then_rerun(world, capsys):
 
 def test_clear_errors(world, capsys):
     assert _pmg(world, "evaluate", "--lpips-weights", "/nope.safetensors") == 1
-    assert "LPIPS is not implemented" in capsys.readouterr().err
+    assert "--lpips-weights needs --posters" in capsys.readouterr().err
+    assert _pmg(world, "evaluate", "--posters", str(world["posters"]), "--lpips-weights", "/nope.safetensors") == 1
+    assert "/nope.safetensors do not exist" in capsys.readouterr().err
     assert _pmg(world, "train-soft-prompt", "--posters", str(world["base"] / "missing"), "--out", "x") == 1
     assert "posters directory" in capsys.readouterr().err
     assert _pmg(world, "evaluate", "--alphas", "0,2") == 1
