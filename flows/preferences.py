@@ -1,7 +1,6 @@
-"""Preferences: poster keywords of every movie involved (once per movie), then each user's preference keywords.
-
-Soft preference embeddings (P-Tuning v2 + multimodal tokens) are not produced yet: no soft-prompt
-module exists in pmg_models, so the stage is keywords-only and `preference_embeddings` stays empty.
+"""Preferences: poster keywords of every movie involved (once per movie), then each user's preference
+keywords, and soft preference embeddings (P-Tuning v2 + multimodal tokens) when the model config
+names a trained soft prompt (else keywords only and `preference_embeddings` stays empty).
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from warehouse.db import connect_writer, publish
 
 PUBLISH_EVERY_S = 30.0
 # Tables each stage writes, and dependents whose rows for the same keys become stale.
-STAGE_TABLES = {"item_keywords": ("item_keywords",), "preferences": ("user_preferences",),
+STAGE_TABLES = {"item_keywords": ("item_keywords",), "preferences": ("user_preferences", "preference_embeddings"),
                 "generate": ("generations",), "score": ("scores",)}
 STAGE_CLEARS = {"generate": ("scores",)}
 STAGE_UNITS = {"item_keywords": "movies", "preferences": "users", "generate": "pairs", "score": "pairs"}

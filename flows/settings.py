@@ -13,7 +13,7 @@ DEFAULTS = {
     "candidates": 2, "alpha": scoring.DEFAULT_ALPHA, "steps": 20, "guidance": 7.5, "height": 512, "width": 512,
     "seed": 0, "chunk_size": 16, "image_batch": 4, "n_history": 5, "n_pref_keywords": 8, "n_item_keywords": 10,
     "max_new_tokens_pref": 64, "max_new_tokens_item": 48, "prompt_style": "vicuna",
-    "weights": list(conditioning.DEFAULT_WEIGHTS),
+    "weights": list(conditioning.DEFAULT_WEIGHTS), "soft_scale": 1.0,
 }
 
 
@@ -26,9 +26,11 @@ def resolve(warehouse, overrides: dict, config: str | None = None) -> tuple[dict
     _check(p)
     checkpoints = {"llm": resources.fingerprint(cfg.llm), "sd": resources.fingerprint(cfg.sd),
                    "clip": resources.fingerprint(cfg.clip)}
+    if cfg.soft_prompt is not None:
+        checkpoints["soft_prompt"] = resources.file_sha256(cfg.soft_prompt)
     version = prompts.prompt_version(p["prompt_style"])
     p.update(models={k: str(getattr(cfg, k)) for k in ("llm", "sd", "clip")}, checkpoints=checkpoints,
-             prompt_version=version, soft_prompt=None)
+             prompt_version=version, soft_prompt=str(cfg.soft_prompt) if cfg.soft_prompt else None)
     return p, {"checkpoints": checkpoints, "prompt_version": version, "config": cfg.source}
 
 

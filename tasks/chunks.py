@@ -22,6 +22,8 @@ OUTPUT_COLUMNS = {
     "user_preferences": {"user_id": "INTEGER", "keywords": "VARCHAR[]", "raw_output": "VARCHAR",
                          "history_fingerprint": "VARCHAR", "history_movie_ids": "INTEGER[]",
                          "parse_ok": "BOOLEAN", "run_id": "VARCHAR"},
+    "preference_embeddings": {"user_id": "INTEGER", "history_fingerprint": "VARCHAR", "n_tokens": "INTEGER",
+                              "dim": "INTEGER", "path": "VARCHAR", "run_id": "VARCHAR"},
     "generations": {"generation_id": "VARCHAR", "run_id": "VARCHAR", "user_id": "INTEGER",
                     "target_movie_id": "INTEGER", "candidate": "INTEGER", "seed": "BIGINT", "weight": "DOUBLE",
                     "prompt": "VARCHAR", "negative_prompt": "VARCHAR", "steps": "INTEGER", "height": "INTEGER",

@@ -5,7 +5,7 @@
     llm = "/models/Llama-2-7b-chat-hf"          # HF Llama directory
     sd = "/models/stable-diffusion-v1-5"       # diffusers Stable Diffusion directory
     clip = "/models/clip-vit-base-patch32"     # HF CLIP directory
-    soft_prompt = ""                           # optional trained soft-prompt directory
+    soft_prompt = ""                           # optional trained soft prompt (.safetensors file)
     [runtime]
     device = "cpu"                             # passed to PMG_DEVICE (see pmg_models/runtime.py)
 
@@ -27,7 +27,7 @@ class ModelConfig:
     llm: Path      # HF Llama directory
     sd: Path       # diffusers Stable Diffusion directory
     clip: Path     # HF CLIP directory
-    soft_prompt: Path | None = None  # trained soft-prompt directory; None = keywords only
+    soft_prompt: Path | None = None  # trained soft-prompt file (pmg_models.soft_prompt); None = keywords only
     device: str = "cpu"
     source: str = "default (tiny random-weight models)"
 
@@ -85,3 +85,6 @@ def check_dirs(cfg: ModelConfig) -> None:
         if not Path(d).is_dir():
             raise ValueError(f"{name} checkpoint directory {d} does not exist (from {cfg.source}); "
                              "run `pmg demo` to create tiny models or point pmg.toml at real checkpoints")
+    if cfg.soft_prompt is not None and not Path(cfg.soft_prompt).is_file():
+        raise ValueError(f"soft prompt file {cfg.soft_prompt} does not exist (from {cfg.source}); "
+                         "train one with `pmg train-soft-prompt` or remove soft_prompt from the config")

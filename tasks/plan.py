@@ -47,8 +47,8 @@ def preference_inputs(con, hist: dict[int, list[dict]], p: dict) -> list[dict]:
     for user_id, items in hist.items():
         hfp = history.history_fingerprint(items, p["n_history"], p["prompt_version"])
         item_kw = {str(h["movie_id"]): kw.get(h["movie_id"], []) for h in items}
-        fp = fingerprint("pref", p["checkpoints"]["llm"], hfp, item_kw, p["n_pref_keywords"],
-                         p["max_new_tokens_pref"], p["seed"])
+        fp = fingerprint("pref", p["checkpoints"]["llm"], p["checkpoints"].get("soft_prompt"), hfp, item_kw,
+                         p["n_pref_keywords"], p["max_new_tokens_pref"], p["seed"])
         out.append({"key": str(user_id), "fingerprint": fp, "user_id": user_id, "history": items,
                     "item_keywords": item_kw, "history_fingerprint": hfp})
     return out
@@ -56,22 +56,24 @@ def preference_inputs(con, hist: dict[int, list[dict]], p: dict) -> list[dict]:
 
 def generation_inputs(con, pairs: list[tuple[int, int]], p: dict) -> list[dict]:
     """generate stage: one row per (user, target) whose preferences and target keywords exist."""
-    prefs = {u: list(k or []) for u, k, _ in
-             _lookup(con, "pipeline_preferences", "ids", _ids([u for u, _ in pairs], "user_id"))}
+    users = _ids([u for u, _ in pairs], "user_id")
+    prefs = {u: list(k or []) for u, k, _ in _lookup(con, "pipeline_preferences", "ids", users)}
+    soft = dict(_lookup(con, "pipeline_embeddings", "ids", users)) if p.get("soft_prompt") else {}
     targets = sorted({t for _, t in pairs})
     kw = item_keywords_map(con, targets)
     titles = {m: t for m, t, _ in _lookup(con, "pipeline_movies", "ids", _ids(targets, "movie_id"))}
     out = []
     for user_id, movie_id in pairs:
-        if user_id not in prefs or movie_id not in kw:
+        if user_id not in prefs or movie_id not in kw or (p.get("soft_prompt") and user_id not in soft):
             continue  # upstream failed: retried on the next run
         # user and target are inputs too: they pick the seeds
         fp = fingerprint("gen", user_id, movie_id, p["checkpoints"]["sd"], titles.get(movie_id, ""), kw[movie_id], prefs[user_id],
                          p["candidates"], p["weights"], p["steps"], p["guidance"], p["height"], p["width"],
-                         p["seed"], conditioning.negative_prompt("movie"))
+                         p["seed"], conditioning.negative_prompt("movie"), soft.get(user_id), p["soft_scale"])
         out.append({"key": f"{user_id}:{movie_id}", "fingerprint": fp, "user_id": user_id,
                     "target_movie_id": movie_id, "title": titles.get(movie_id, ""),
-                    "target_item_keywords": kw[movie_id], "pref_keywords": prefs[user_id]})
+                    "target_item_keywords": kw[movie_id], "pref_keywords": prefs[user_id],
+                    "soft_path": soft.get(user_id)})
     return out
 
 

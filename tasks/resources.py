@@ -12,7 +12,7 @@ from pathlib import Path
 
 DEVICE_LOCK = threading.RLock()
 CALLS: collections.Counter = collections.Counter()   # "llm.generate", "sd.generate", "clip.encode_*"
-LOADS: collections.Counter = collections.Counter()   # "llm", "sd", "clip"
+LOADS: collections.Counter = collections.Counter()   # "llm", "sd", "clip", "soft_prompt"
 _cache: dict[tuple[str, str], object] = {}
 _cache_lock = threading.Lock()
 _fingerprints: dict[str, str] = {}
@@ -50,6 +50,23 @@ def clip(path):
     from pmg_models.clip import CLIPModel
 
     return _load("clip", path, CLIPModel.from_pretrained)
+
+
+def soft_prompt(path, llm_fingerprint: str, sd_fingerprint: str):
+    """The trained soft prompt at `path`, checked against the LLM and SD it was trained for."""
+    from pmg_models import soft_prompt as sp
+
+    return _load("soft_prompt", path, lambda p: sp.load(p, llm_fingerprint=llm_fingerprint,
+                                                        sd_fingerprint=sd_fingerprint))
+
+
+def file_sha256(path) -> str:
+    import hashlib
+
+    key = "file:" + _key(path)
+    if key not in _fingerprints:
+        _fingerprints[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return _fingerprints[key]
 
 
 def fingerprint(path) -> str:

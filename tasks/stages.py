@@ -90,31 +90,50 @@ def item_keywords(rows: list[dict], p: dict) -> ChunkResult:
 # -- user preferences --------------------------------------------------------------------------
 
 def preferences(rows: list[dict], p: dict) -> ChunkResult:
-    """Preference keywords of each user from the serialized history (soft embeddings when configured)."""
-    res = ChunkResult(tables={"user_preferences": []})
+    """Preference keywords of each user from the serialized history, plus soft embeddings when configured."""
+    soft = bool(p.get("soft_prompt"))
+    res = ChunkResult(tables={"user_preferences": [], **({"preference_embeddings": []} if soft else {})})
     keys = [str(r["user_id"]) for r in rows]
-    texts = []
-    for r in rows:
-        kw = {int(k): v for k, v in r["item_keywords"].items()}
-        items_text = history.serialize_items(r["history"], kw)
-        texts.append(prompts.build_preference_prompt(items_text, p["n_pref_keywords"], p["prompt_style"]))
+    items_texts = [history.serialize_items(r["history"], {int(k): v for k, v in r["item_keywords"].items()})
+                   for r in rows]
+    texts = [prompts.build_preference_prompt(t, p["n_pref_keywords"], p["prompt_style"]) for t in items_texts]
 
     def batch(idx):
-        return _generate([texts[i] for i in idx], p, p["max_new_tokens_pref"])
+        raw = _generate([texts[i] for i in idx], p, p["max_new_tokens_pref"])
+        emb = _soft_embeddings([items_texts[i] for i in idx], p) if soft else [None] * len(idx)
+        return list(zip(raw, emb))
 
-    for r, (raw, err) in zip(rows, _isolated("preferences", keys, batch)):
+    for r, (made, err) in zip(rows, _isolated("preferences", keys, batch)):
         key = str(r["user_id"])
         if err is not None:
             res.failed(key, r["fingerprint"], err)
             continue
+        raw, emb = made
         parsed = keywords.parse_keywords(raw, p["n_pref_keywords"])
         res.tables["user_preferences"].append({
             "user_id": r["user_id"], "keywords": parsed.keywords, "raw_output": raw,
             "history_fingerprint": r["history_fingerprint"],
             "history_movie_ids": [h["movie_id"] for h in r["history"]], "parse_ok": parsed.ok,
             "run_id": p["run_id"]})
+        if emb is not None:
+            rel, _ = images.put_array(Path(p["root"]), emb)
+            res.tables["preference_embeddings"].append({
+                "user_id": r["user_id"], "history_fingerprint": r["history_fingerprint"],
+                "n_tokens": int(emb.shape[0]), "dim": int(emb.shape[1]), "path": rel, "run_id": p["run_id"]})
         res.done(key, r["fingerprint"])
     return res
+
+
+def _soft_embeddings(items_texts: list[str], p: dict) -> list[np.ndarray]:
+    from pmg_models import soft_prompt as sp
+
+    texts = [prompts.build_soft_prompt(t, p["prompt_style"]) for t in items_texts]
+    with resources.DEVICE_LOCK:
+        lm = resources.llm(p["models"]["llm"])
+        soft = resources.soft_prompt(p["soft_prompt"], p["checkpoints"]["llm"], p["checkpoints"]["sd"])
+        emb = sp.embed(soft, lm, texts)
+    resources.count("llm.soft_embed", len(texts))
+    return list(emb)
 
 
 def _generate(texts: list[str], p: dict, max_new_tokens: int) -> list[str]:
@@ -139,13 +158,13 @@ def generate(rows: list[dict], p: dict) -> ChunkResult:
         for c in grid:
             segments = conditioning.sd_prompt_segments(target_kw, r["pref_keywords"], c.w)
             seed = conditioning.candidate_seed(p["seed"], r["user_id"], r["target_movie_id"], c.seed_slot)
-            jobs.append((i, c, segments, seed))
+            jobs.append((i, c, segments, seed, r.get("soft_path")))
     keys = [r["key"] for r in rows]
 
     def batch(idx):
         wanted = set(idx)
         mine = [j for j in jobs if j[0] in wanted]
-        pics = _images([j[2] for j in mine], [j[3] for j in mine], negative, p)
+        pics = _images([j[2] for j in mine], [j[3] for j in mine], negative, p, [j[4] for j in mine])
         per_row = {i: [] for i in idx}
         for job, pic in zip(mine, pics):
             per_row[job[0]].append((job, pic))
@@ -155,7 +174,7 @@ def generate(rows: list[dict], p: dict) -> ChunkResult:
         if err is not None:
             res.failed(r["key"], r["fingerprint"], err)
             continue
-        for (_, c, segments, seed), pic in made:
+        for (_, c, segments, seed, _soft), pic in made:
             rel, sha = images.put_png(Path(p["root"]), pic)
             res.images += 1
             res.tables["generations"].append({
@@ -168,17 +187,19 @@ def generate(rows: list[dict], p: dict) -> ChunkResult:
     return res
 
 
-def _images(prompt_segments: list, seeds: list[int], negative: str, p: dict) -> np.ndarray:
+def _images(prompt_segments: list, seeds: list[int], negative: str, p: dict, soft_paths: list) -> list:
     with resources.DEVICE_LOCK:
         pipe = resources.sd(p["models"]["sd"])
     out = []
     step = max(1, int(p["image_batch"]))
     for s in range(0, len(seeds), step):
+        paths = soft_paths[s:s + step]
+        extra = np.stack([images.load_array(Path(p["root"]), x) for x in paths]) if paths[0] else None
         with resources.DEVICE_LOCK:
             staging.crash_point("mid-generation")
             out.extend(pipe.generate(prompt_segments[s:s + step], seeds[s:s + step], steps=p["steps"],
                                      guidance=p["guidance"], height=p["height"], width=p["width"],
-                                     negative_prompt=negative))
+                                     negative_prompt=negative, extra_tokens=extra, extra_scale=p["soft_scale"]))
         resources.count("sd.generate", len(seeds[s:s + step]))
     return out
 

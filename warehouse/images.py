@@ -1,4 +1,4 @@
-"""Content-addressed image store: images/<sha256[:2]>/<sha256>.png under the warehouse root.
+"""Content-addressed file store: images/<sha256[:2]>/<sha256>.png (and embeddings/…/<sha256>.npy).
 
 A file appears under its final name only complete (temp name, fsync, rename), so a reader or a
 later commit never sees half an image; writing the same bytes twice is a no-op.
@@ -15,6 +15,7 @@ import numpy as np
 from warehouse.staging import crash_point, fsync_dir
 
 IMAGE_DIR = "images"
+EMBEDDING_DIR = "embeddings"
 TMP_PREFIX = ".tmp-"
 
 
@@ -29,14 +30,14 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def relative_path(sha256: str) -> str:
-    return f"{IMAGE_DIR}/{sha256[:2]}/{sha256}.png"
+def relative_path(sha256: str, base: str = IMAGE_DIR, suffix: str = ".png") -> str:
+    return f"{base}/{sha256[:2]}/{sha256}{suffix}"
 
 
-def put_bytes(root: Path, data: bytes) -> tuple[str, str]:
+def put_bytes(root: Path, data: bytes, base: str = IMAGE_DIR, suffix: str = ".png") -> tuple[str, str]:
     """Store `data`; returns (path relative to root, sha256). Atomic and idempotent."""
     sha = hashlib.sha256(data).hexdigest()
-    rel = relative_path(sha)
+    rel = relative_path(sha, base, suffix)
     final = Path(root) / rel
     if final.exists() and final.stat().st_size == len(data):
         return rel, sha
@@ -57,6 +58,17 @@ def put_png(root: Path, image: np.ndarray) -> tuple[str, str]:
     return put_bytes(root, encode_png(image))
 
 
+def put_array(root: Path, array: np.ndarray) -> tuple[str, str]:
+    """Store a float32 array as .npy under embeddings/; returns (relative path, sha256)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return put_bytes(root, buf.getvalue(), EMBEDDING_DIR, ".npy")
+
+
+def load_array(root: Path, rel: str) -> np.ndarray:
+    return np.load(Path(root) / rel, allow_pickle=False)
+
+
 def verify(root: Path, rel: str, sha256: str) -> bool:
     """True if the file exists and its content hashes to `sha256`."""
     path = Path(root) / rel
@@ -65,10 +77,7 @@ def verify(root: Path, rel: str, sha256: str) -> bool:
 
 def remove_temp_files(root: Path) -> int:
     """Delete temp files left by killed writers; returns how many."""
-    base = Path(root) / IMAGE_DIR
-    if not base.exists():
-        return 0
-    stale = list(base.glob(f"*/{TMP_PREFIX}*"))
+    stale = [p for d in (IMAGE_DIR, EMBEDDING_DIR) for p in (Path(root) / d).glob(f"*/{TMP_PREFIX}*")]
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)

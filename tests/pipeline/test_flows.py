@@ -21,6 +21,7 @@ def backfilled(prefect_api, make_warehouse_module):
     root = make_warehouse_module("bf")
     resources.reset()
     result = backfill(warehouse=str(root), targets="holdout", **FAST)
+    assert all(n <= 1 for n in resources.LOADS.values())  # each model loaded at most once per process
     return root, result, calls()
 
 
@@ -126,3 +127,32 @@ def test_failed_rows_are_isolated_reported_and_retried(backfilled, monkeypatch):
     retried = backfill(warehouse=str(root), movies=[movie], limit_users=3, **FAST)
     assert retried["counts"]["generate"]["processed"] == 1 and calls()["sd.generate"] == 2
     check_invariants(root)
+
+
+def test_soft_prompt_adds_preference_embeddings_used_by_generation(prefect_api, make_warehouse_module, tiny_models):
+    import json
+
+    import numpy as np
+
+    from flows.backfill import backfill
+    from pmg_models import soft_prompt as sp
+
+    root = make_warehouse_module("soft")
+    lm = resources.llm(tiny_models / "llm")
+    width = json.loads((tiny_models / "sd" / "text_encoder" / "config.json").read_text())["hidden_size"]
+    cfg = sp.SoftPromptConfig.for_models(lm.config, width, resources.fingerprint(tiny_models / "llm"),
+                                         resources.fingerprint(tiny_models / "sd"), n_prefix=2, n_tokens=2)
+    sp.save(sp.SoftPrompt(cfg, seed=1), root / "soft.safetensors")
+    with open(root / "pmg.toml", "a") as f:
+        f.write('soft_prompt = "soft.safetensors"\n')
+    with connect_reader(root) as con:
+        movie = con.execute("SELECT min(movie_id) FROM movies").fetchall()[0][0]
+    resources.reset()
+    result = backfill(warehouse=str(root), movies=[movie], limit_users=2, **{**FAST, "candidates": 1})
+    assert result["counts"]["generate"]["processed"] == 2 and calls()["llm.soft_embed"] == 2
+    with connect_reader(root) as con:
+        rows = con.execute("SELECT n_tokens, dim, path FROM preference_embeddings").fetchall()
+        lineage = con.execute(f"SELECT checkpoints->>'soft_prompt' FROM runs WHERE run_id = '{result['run_id']}'").fetchall()
+    assert len(rows) == 2 and all(n == 2 and d == width for n, d, _ in rows)
+    assert all(np.load(root / p).shape == (2, width) for _, _, p in rows)
+    assert lineage[0][0] and check_invariants(root) == 2
