@@ -7,6 +7,7 @@ row's output depends on its prompt and seed, not on what else is in the batch.
 """
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +20,7 @@ from pmg_models.tokenizers import LlamaTokenizer
 
 LENGTH_BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
 MAX_RUNNERS = 3  # cached (batch, cache length) buckets; each holds its own KV cache
+log = logging.getLogger(__name__)
 
 
 def length_bucket(n: int) -> int:
@@ -196,6 +198,7 @@ class LlamaLM:
         if key in self._runners:
             self._runners.move_to_end(key)
         else:
+            log.info("llama: new shape bucket batch=%d cache=%d (its first prefill/decode compile)", batch, length)
             cache = llama.KVRunner(self.net, batch, length)
             self._runners[key] = (cache, runtime.jit(_Prefill(cache)), runtime.jit(_Decode(cache)))
             while len(self._runners) > MAX_RUNNERS:
