@@ -109,12 +109,28 @@ def silu(x):
     return ops.silu(x)
 
 
+MAX_SCORES = 1 << 26   # score elements per attention slice (256 MB in fp32)
+
+
+def _attend(q, k, v):
+    scores = ops.BatchMatMul(transpose_b=True)(q, k).astype(ms.float32)
+    return ops.matmul(ops.softmax(scores, -1).astype(q.dtype), v)
+
+
 def attention(q, k, v, scale: float):
-    """softmax(q k^T * scale) v on (B, H, T, d) in fp32; q is scaled before the matmul, which touches
-    T*d values instead of the T*T scores."""
-    dtype = q.dtype
-    scores = ops.BatchMatMul(transpose_b=True)(q * scale, k).astype(ms.float32)
-    return ops.matmul(ops.softmax(scores, -1).astype(dtype), v)
+    """softmax(q k^T * scale) v on (B, H, T, d), softmax in fp32.
+
+    q is scaled before the matmul (T*d values instead of the T*T scores). Queries are processed in
+    slices so no more than MAX_SCORES scores exist at once: at 768 px (96x96 latents, T = 9216) one
+    unsliced self-attention would hold 3.4 GB of scores per batch of 2.
+    """
+    b, h, tq, _ = q.shape
+    q = q * scale
+    slices = -(-b * h * tq * k.shape[2] // MAX_SCORES)
+    if slices <= 1:
+        return _attend(q, k, v)
+    step = -(-tq // slices)
+    return ops.cat([_attend(q[:, :, i:i + step], k, v) for i in range(0, tq, step)], 2)
 
 
 class GroupNorm(P.GroupNorm):
