@@ -177,3 +177,32 @@ def test_corrupt_scheduler_config_is_named(tiny_dir, tmp_path):
     (broken / "scheduler" / "scheduler_config.json").write_text("{not json")
     with pytest.raises(checkpoint.CheckpointError, match="scheduler_config.json"):
         StableDiffusion.from_pretrained(broken)
+
+
+SD21_UNET = {  # stabilityai/stable-diffusion-2-1 unet/config.json (field values as published)
+    "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": [5, 10, 20, 20],
+    "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": False, "cross_attention_dim": 1024,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "downsample_padding": 1, "dual_cross_attention": False, "flip_sin_to_cos": True, "freq_shift": 0,
+    "in_channels": 4, "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+    "num_class_embeds": None, "only_cross_attention": False, "out_channels": 4, "sample_size": 96,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "upcast_attention": True, "use_linear_projection": True}
+SD21_SCHEDULER = {"_class_name": "DDIMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                  "beta_start": 0.00085, "clip_sample": False, "num_train_timesteps": 1000,
+                  "prediction_type": "v_prediction", "set_alpha_to_one": False, "skip_prk_steps": True,
+                  "steps_offset": 1, "trained_betas": None}
+
+
+def test_real_sd21_configs_parse():
+    from pmg_models.sd.schedulers import make_scheduler
+
+    cfg = UNetConfig.from_dict(SD21_UNET)
+    assert cfg.attention_heads == (5, 10, 20, 20) and cfg.cross_attention_dim == (1024,) * 4
+    assert cfg.use_linear_projection and cfg.layers_per_block == (2,) * 4
+    sd15 = dict(SD21_UNET, attention_head_dim=8, cross_attention_dim=768, use_linear_projection=False,
+                upcast_attention=False, sample_size=64)
+    assert UNetConfig.from_dict(sd15).attention_heads == (8,) * 4
+    s = make_scheduler(SD21_SCHEDULER)
+    s.set_timesteps(30)
+    assert s.name == "ddim" and s.prediction_type == "v_prediction" and s.timesteps[0] == 958  # 29 * (1000 // 30) + 1, as diffusers
