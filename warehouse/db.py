@@ -23,7 +23,8 @@ import duckdb
 
 from warehouse.errors import WarehouseError
 from warehouse.migrate import apply_migrations, register_schema_dir  # noqa: F401  (re-exported)
-from warehouse.publish import CATALOG, PUBLISHED, catalog_is_current, mark_changed, publish, publish_pending  # noqa: F401
+from warehouse.publish import (CATALOG, PUBLISHED, catalog_is_current, mark_changed, publish,  # noqa: F401
+                               publish_pending, publishable_tables)
 
 DB_FILE = "warehouse.duckdb"
 LOCK_FILE = "writer.lock"
@@ -69,8 +70,9 @@ def writer_lock(root: Path, timeout_s: float = 60) -> Iterator[None]:
 def connect_writer(root: Path | str, timeout_s: float = 60) -> Iterator[duckdb.DuckDBPyConnection]:
     """The one read-write connection to root/warehouse.duckdb, migrated and publish-consistent.
 
-    Creates root if needed, applies pending migrations, and publishes whatever a previous (crashed)
-    writer committed but did not publish. Callers publish their own changes with `publish(con, root, [...])`.
+    Creates root if needed and applies pending migrations. Tables marked with `mark_changed(con, [...])`
+    (inside the writing transaction) are published when the block exits normally, or by the next writer
+    if this process dies first; `publish(con, root, [...])` publishes earlier, e.g. after each chunk.
     """
     root = Path(root).resolve()
     with writer_lock(root, timeout_s):
@@ -78,10 +80,11 @@ def connect_writer(root: Path | str, timeout_s: float = 60) -> Iterator[duckdb.D
         try:
             applied = apply_migrations(con)
             if applied or not catalog_is_current(con, root):
-                publish(con, root)
+                mark_changed(con, publishable_tables(con))   # new tables or a moved root: published on exit
             else:
-                publish_pending(con, root)
+                publish_pending(con, root)                   # a previous writer died before publishing
             yield con
+            publish_pending(con, root)                       # whatever this session marked changed
         finally:
             con.close()
 

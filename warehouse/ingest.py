@@ -21,7 +21,7 @@ from typing import Iterator
 import duckdb
 
 from warehouse import queries
-from warehouse.db import connect_writer, mark_changed, publish
+from warehouse.db import connect_writer, mark_changed
 from warehouse.errors import WarehouseError
 from warehouse.publish import utcnow
 
@@ -90,7 +90,7 @@ def ingest(source: Path | str, root: Path | str) -> IngestReport:
                 return IngestReport(done[0], str(source), source_sha, skipped_same_source=True,
                                     seconds=time.perf_counter() - started)
             report = load(con, paths, str(source.resolve()), source_sha, digests)
-            publish(con, root, PUBLISHED_TABLES)
+            # load() marked its tables changed: connect_writer publishes them (one catalog swap) on exit
     report.seconds = time.perf_counter() - started
     return report
 

@@ -98,11 +98,12 @@ def publish(con: duckdb.DuckDBPyConnection, root: Path | str, tables: list[str] 
         con.execute("insert into _published values (?, ?, ?, ?, ?)", [table, str(path), fp, count, utcnow()])
         con.execute("commit")
         rewritten.append(table)
+    build_catalog(con, root)
+    # only now, with the new catalog in place, are these tables no longer pending (kill-safe order)
     if tables is None:
         con.execute("delete from _publish_pending")
     else:
         con.execute("delete from _publish_pending where list_contains(?, table_name)", [names])
-    build_catalog(con, root)
     collect_garbage(con, root)
     return rewritten
 

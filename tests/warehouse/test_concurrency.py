@@ -92,7 +92,7 @@ def test_kill_9_inside_the_ingest_transaction_then_rerun(small_source, bigger_so
 def test_kill_9_at_random_points_then_rerun(small_source, bigger_source, tmp_path):
     root = tmp_path / "wh"
     ingest(small_source, root)
-    for delay in (0.3, 0.9, 1.6):
+    for delay in (0.3, 0.7, 1.0, 1.3, 1.6, 2.2):
         writer = spawn_ingest(bigger_source, root)
         time.sleep(delay)
         writer.send_signal(signal.SIGKILL)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from warehouse import migrate, queries
+from warehouse import db, migrate, queries
 from warehouse.db import connect_reader, connect_writer, mark_changed, publish, read_query
 from warehouse.errors import WarehouseError
 from warehouse.ingest import ingest
@@ -54,13 +54,28 @@ def test_publish_rewrites_only_changed_tables(small_source, tmp_path):
     assert published and not [p for p in published if p.name.startswith(".tmp-")]
 
 
-def test_committed_but_unpublished_changes_are_published_by_the_next_writer(tmp_path):
+def test_changes_marked_in_a_transaction_are_published_on_exit(tmp_path):
     root = tmp_path / "wh"
+    with connect_writer(root) as con:
+        con.execute("begin transaction")
+        con.execute("insert into runs (run_id, flow, status) values ('r1', 'test', 'done')")
+        mark_changed(con, ["runs"])
+        con.execute("commit")
+    with connect_reader(root) as con:
+        assert read_query(con, "select run_id from runs")[1] == [("r1",)]
+
+
+def test_committed_but_unpublished_changes_are_published_by_the_next_writer(tmp_path, monkeypatch):
+    root = tmp_path / "wh"
+    with connect_writer(root):
+        pass
+    monkeypatch.setattr(db, "publish_pending", lambda con, root: [])   # as if the process died after COMMIT
     with connect_writer(root) as con:
         con.execute("begin transaction")
         con.execute("insert into runs (run_id, flow, status) values ('r2', 'test', 'done')")
         mark_changed(con, ["runs"])
-        con.execute("commit")                                  # "crash" here: never published
+        con.execute("commit")
+    monkeypatch.undo()
     with connect_reader(root) as con:
         assert read_query(con, "select count(*) from runs")[1] == [(0,)]
     with connect_writer(root):
