@@ -84,20 +84,21 @@ def publish(con: duckdb.DuckDBPyConnection, root: Path | str, tables: list[str] 
         raise WarehouseError(f"cannot publish unknown table(s) {', '.join(unknown)}; publishable: {', '.join(existing)}")
     current = dict(con.execute("select table_name, fingerprint from _published").fetchall())
     paths = dict(con.execute("select table_name, path from _published").fetchall())
-    rewritten = []
+    written = []
     for table in names:
         fp = fingerprint(con, table)
         if current.get(table) == fp and Path(paths[table]).exists():
             continue
-        path = write_snapshot(con, table, root / PUBLISHED / table)
-        count = int(fp.split(":")[0])
+        written.append((table, str(write_snapshot(con, table, root / PUBLISHED / table)), fp))
+    if written:  # one transaction (one fsync) records every new snapshot
+        now = utcnow()
         con.execute("begin transaction")
-        if table in paths:
-            con.execute("insert into _superseded values (?, ?)", [paths[table], utcnow()])
-        con.execute("delete from _published where table_name = ?", [table])
-        con.execute("insert into _published values (?, ?, ?, ?, ?)", [table, str(path), fp, count, utcnow()])
+        for table, path, fp in written:
+            if table in paths:
+                con.execute("insert into _superseded values (?, ?)", [paths[table], now])
+            con.execute("delete from _published where table_name = ?", [table])
+            con.execute("insert into _published values (?, ?, ?, ?, ?)", [table, path, fp, int(fp.split(":")[0]), now])
         con.execute("commit")
-        rewritten.append(table)
     build_catalog(con, root)
     # only now, with the new catalog in place, are these tables no longer pending (kill-safe order)
     if tables is None:
@@ -105,7 +106,7 @@ def publish(con: duckdb.DuckDBPyConnection, root: Path | str, tables: list[str] 
     else:
         con.execute("delete from _publish_pending where list_contains(?, table_name)", [names])
     collect_garbage(con, root)
-    return rewritten
+    return [table for table, _, _ in written]
 
 
 def build_catalog(con: duckdb.DuckDBPyConnection, root: Path) -> None:
@@ -182,6 +183,8 @@ def collect_garbage(con: duckdb.DuckDBPyConnection, root: Path, retention_s: flo
             Path(path).unlink(missing_ok=True)
     con.execute("delete from _superseded where epoch(? - superseded_at) > ?", [now, retention_s])
     cutoff = time.time() - retention_s
-    for stale in [*root.glob(".catalog-*.duckdb*"), *(root / PUBLISHED).glob("*/.tmp-*.parquet")]:
-        if stale.stat().st_mtime < cutoff:
+    known = live | {r[0] for r in con.execute("select path from _superseded").fetchall()}
+    # temp files and snapshots never recorded (a publish killed mid-way), once old enough
+    for stale in [*root.glob(".catalog-*.duckdb*"), *(root / PUBLISHED).glob("*/*.parquet")]:
+        if str(stale) not in known and stale.stat().st_mtime < cutoff:
             stale.unlink(missing_ok=True)
