@@ -14,8 +14,8 @@ Host-side pieces keep runs reproducible and resumable on any device:
 * AdamW (decoupled weight decay, bias correction, as torch.optim.AdamW) runs in NumPy on the
   ~4 M trainable parameters, so its state is plain arrays saved next to each checkpoint;
 * a fixed evaluation set (fixed examples, timesteps and noise) gives a comparable loss curve.
-The gradient step itself runs in PyNative mode (no device-specific code: MindSpore picks the device
-set up by pmg_models.runtime).
+The gradient step and the evaluation loss are compiled with runtime.jit (PyNative with PMG_JIT=0); no
+device-specific code: MindSpore runs on the device set up by pmg_models.runtime.
 """
 from __future__ import annotations
 
@@ -235,7 +235,17 @@ class Trainer:
         self.loss = DenoisingLoss(S.SoftPromptEncoder(soft, lm.net.model), pipe.unet, cfg.w_soft)
         self.loss.set_train(False)  # frozen models: no dropout; gradients are still taken below
         self.params = list(soft.trainable_params())
-        self.grad_fn = ms.value_and_grad(self.loss, None, self.params)
+        grad_fn = ms.value_and_grad(self.loss, None, self.params)
+        loss = self.loss
+
+        def grad_step(*args):
+            return grad_fn(*args)
+
+        def loss_step(*args):
+            return loss(*args)
+
+        # Compiled unless PMG_JIT=0 (one graph per prompt-length bucket; ~80x faster per step on CPU).
+        self.grad_fn, self.loss_fn = runtime.jit(grad_step), runtime.jit(loss_step)
 
     def inputs(self, idx: np.ndarray, timesteps: np.ndarray, noise: np.ndarray) -> tuple:
         """Tensors for DenoisingLoss from example indices and their (timesteps, noise)."""
@@ -260,7 +270,7 @@ class Trainer:
         total = 0.0
         for a in range(0, len(idx), self.cfg.batch):
             b = min(a + self.cfg.batch, len(idx))
-            loss = self.loss(*self.inputs(idx[a:b], ts[a:b], noise[a:b]))
+            loss = self.loss_fn(*self.inputs(idx[a:b], ts[a:b], noise[a:b]))
             total += float(runtime.to_numpy(loss)) * (b - a)
         return total / len(idx)
 
@@ -385,7 +395,7 @@ def restore(path: Path, soft: S.SoftPrompt, opt: AdamW, cfg: TrainConfig, keys_f
     if loaded.cfg != soft.cfg:
         raise checkpoint.CheckpointError(f"{path} holds a soft prompt for other models or sizes than this run's")
     for p, q in zip(soft.get_parameters(), loaded.get_parameters()):
-        p.set_data(ms.Tensor(q.asnumpy()))
+        ops.assign(p, ms.Tensor(q.asnumpy()))
     with safe_open(str(path / "optimizer.safetensors"), framework="numpy") as f:
         opt.load_state({k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {})
     return int(state["step"]), list(state["curve"])
@@ -423,7 +433,7 @@ def train(soft: S.SoftPrompt, lm, pipe, data: Prepared, cfg: TrainConfig, out_di
         lr = learning_rate(step, cfg)
         new = opt.step([p.asnumpy().astype(np.float32) for p in trainer.params], grads, lr)
         for p, arr in zip(trainer.params, new):
-            p.set_data(ms.Tensor(arr))
+            ops.assign(p, ms.Tensor(arr))  # in place: compiled graphs keep reading the same buffer
         done = step + 1
         row = {"step": done, "train_loss": loss, "lr": lr, "grad_norm": norm,
                "eval_loss": trainer.eval_loss() if done % cfg.eval_every == 0 or done == cfg.steps else None}

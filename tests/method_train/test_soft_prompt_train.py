@@ -1,5 +1,11 @@
 """Soft-prompt training: noise math, batch order, AdamW, loss decrease, exact resume, determinism."""
 import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +130,34 @@ def test_prepare_encodes_each_distinct_prompt_once(tiny_models):
     assert data.text_states.shape[0] == 2 and list(data.prompt_index) == [0, 0, 1]
     alone = T.prepare(pipe, [T.Example("2", "text", prompts[2], poster(2, SIZE))], SIZE)
     np.testing.assert_array_equal(data.states(np.array([2]))[0], alone.text_states[0])
+
+
+def test_compiled_training_matches_pynative(tiny_models, tiny_dirs, data, tmp_path):
+    """PMG_JIT=1 (compiled grad and loss graphs, in-place parameter updates) gives the PyNative curve."""
+    lm, pipe = tiny_models
+    cfg = dict(steps=2, lr=0.05, batch=2, eval_every=2, eval_examples=2, eval_timesteps=1)
+    eager = T.train(_soft(tiny_models), lm, pipe, data, T.TrainConfig(**cfg), tmp_path / "eager")
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(__file__).parents[2])!r})
+        from pathlib import Path
+        from pmg_models import soft_prompt as S, soft_prompt_train as T
+        from pmg_models.generation import LlamaLM
+        from pmg_models.sd.pipeline import StableDiffusion
+        from tests.method_train.conftest import GENRES, poster
+        lm = LlamaLM.from_pretrained({str(tiny_dirs["llm"])!r})
+        pipe = StableDiffusion.from_pretrained({str(tiny_dirs["sd"])!r})
+        ex = [T.Example(f"{{i}}:{{100 + i}}", f"Someone watched and liked {{g}} movies, number {{i}}.",
+                        [(f"movie poster, {{g}}", 1.0)], poster(i, {SIZE})) for i, g in enumerate(GENRES)]
+        soft = S.SoftPrompt(S.SoftPromptConfig.for_models(lm.config, pipe.text_width, lm.fingerprint,
+                                                          pipe.fingerprint), seed=0)
+        r = T.train(soft, lm, pipe, T.prepare(pipe, ex, {SIZE}), T.TrainConfig(**{cfg!r}), Path({str(tmp_path / "jit")!r}))
+        print(json.dumps(r.curve))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, PMG_JIT="1"), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    compiled = json.loads(done.stdout.strip().splitlines()[-1])
+    for a, b in zip(compiled, eager.curve):
+        for k in ("train_loss", "eval_loss"):
+            assert (a[k] is None) == (b[k] is None) and (a[k] is None or abs(a[k] - b[k]) < 1e-5), (k, a, b)
