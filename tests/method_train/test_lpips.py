@@ -47,6 +47,7 @@ def _reference(x, y, w):
     return total.view(-1).numpy()
 
 
+@pytest.mark.parity
 def test_lpips_matches_the_reference_and_loads_both_namings(tmp_path):
     w = _weights()
     checkpoint.save_safetensors(tmp_path / "alex.safetensors", w)

@@ -62,6 +62,7 @@ def test_batch_order_is_a_permutation_per_epoch_and_a_pure_function_of_the_step(
     np.testing.assert_array_equal(T.batch_indices(1, 1, 6, cfg), seen[9:])
 
 
+@pytest.mark.parity
 def test_adamw_matches_torch():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(1)
@@ -132,6 +133,7 @@ def test_prepare_encodes_each_distinct_prompt_once(tiny_models):
     np.testing.assert_array_equal(data.states(np.array([2]))[0], alone.text_states[0])
 
 
+@pytest.mark.slow  # two graph compilations (~30-70 s on a loaded 2-core box)
 def test_compiled_training_matches_pynative(tiny_models, tiny_dirs, data, tmp_path):
     """PMG_JIT=1 (compiled grad and loss graphs, in-place parameter updates) gives the PyNative curve."""
     lm, pipe = tiny_models
