@@ -4,7 +4,7 @@ Variants (K candidates each): baseline = target keywords only; pmg = target + pr
 soft embeddings; keywords = target + preference keywords; soft = target keywords + soft embeddings.
 Scores per candidate: CLIP d_p / d_t against the keyword texts (as the original) and, with a posters
 directory, against the history posters / the target poster (image–image), SSIM against the target
-and history posters. z is computed at every α of the sweep; the selected candidate per α is marked.
+and history posters, and LPIPS (pmg_models.lpips) when weights are given. z is computed at every α of the sweep; the selected candidate per α is marked.
 Outputs: the `evaluations` table (one row per run, variant, pair, candidate and α), results.csv,
 summary.csv, summary.md and alpha_sweep.png in the run's directory.
 
