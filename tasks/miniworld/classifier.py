@@ -98,6 +98,7 @@ def build(config: ClassifierConfig = ClassifierConfig(), seed: int = 0) -> Poste
     runtime.setup()
     net = PosterClassifier(config)
     init_weights(net, seed)
+    net.config = config
     return net
 
 
@@ -134,7 +135,6 @@ def load_classifier(model_dir) -> PosterClassifier:
     config = ClassifierConfig.from_json((model_dir / "config.json").read_text())
     net = build(config)
     load_into(net, weight_files(model_dir))
-    net.config = config
     net.set_train(False)
     return net
 
@@ -156,7 +156,7 @@ def _predict_fn():
 
 def classify(net: PosterClassifier, images: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
     """Predicted class index per head for uint8 posters (N, H, W, 3); see world.labels for the meaning."""
-    config = getattr(net, "config", ClassifierConfig())
+    config = net.config
     x = to_input(images, config.size)
     net.set_train(False)
     predict = _predict_fn()
@@ -278,7 +278,6 @@ def train_classifier(out_dir, seed: int = 0, steps: int = 600, batch: int = 128,
         if on_step is not None:
             on_step(step, losses[-1])
     t_train = time.perf_counter() - t0 - t_data
-    net.config = config
     net.set_train(False)
     val_acc = accuracy(net, val.images, val.labels)
     steady = step_times[1:] or step_times
