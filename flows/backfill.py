@@ -6,11 +6,11 @@ from prefect import flow
 from flows import settings
 from flows.generate import generate_step
 from flows.preferences import item_keywords_step, preferences_step, select
-from flows.runner import pipeline_run
+from flows.runner import pipeline_run, task_runner
 from flows.score import score_step
 
 
-@flow(name="backfill")
+@flow(name="backfill", task_runner=task_runner())
 def backfill(warehouse: str, targets: str | None = None, movies: list[int] | None = None,
              users_file: str | None = None, limit_users: int | None = None, candidates: int | None = None,
              alpha: float | None = None, steps: int | None = None, height: int | None = None,

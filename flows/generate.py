@@ -5,7 +5,7 @@ from prefect import flow
 
 from flows import settings
 from flows.preferences import select
-from flows.runner import RunContext, pipeline_run, run_stage
+from flows.runner import RunContext, pipeline_run, run_stage, task_runner
 from tasks import plan, targets
 
 
@@ -13,7 +13,7 @@ def generate_step(ctx: RunContext, sel: targets.Selection) -> dict:
     return run_stage(ctx, "generate", plan.generation_inputs(ctx.con, sel.pairs, ctx.params), ctx.params["chunk_size"])
 
 
-@flow(name="generate")
+@flow(name="generate", task_runner=task_runner())
 def generate(warehouse: str, targets: str | None = None, movies: list[int] | None = None,
              users_file: str | None = None, limit_users: int | None = None, candidates: int | None = None,
              steps: int | None = None, height: int | None = None, width: int | None = None,

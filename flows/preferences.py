@@ -7,7 +7,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows import settings
-from flows.runner import RunContext, pipeline_run, run_stage
+from flows.runner import RunContext, pipeline_run, run_stage, task_runner
 from tasks import plan, targets
 
 
@@ -30,7 +30,7 @@ def select(ctx: RunContext) -> tuple[targets.Selection, dict]:
     return sel, targets.histories(ctx.con, sel, p["n_history"])
 
 
-@flow(name="preferences")
+@flow(name="preferences", task_runner=task_runner())
 def preferences(warehouse: str, targets: str | None = None, movies: list[int] | None = None,
                 users_file: str | None = None, limit_users: int | None = None, chunk_size: int | None = None,
                 config: str | None = None) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import secrets
 import subprocess
 import time
@@ -21,6 +22,9 @@ from warehouse import images, ledger, staging
 from warehouse.db import connect_writer, publish
 
 PUBLISH_EVERY_S = 30.0
+# Chunk tasks run in a small thread pool: one computes on the device (resources.DEVICE_LOCK) while the
+# next reads its inputs and the finished one writes its parts; Prefect's default pool is unbounded.
+WORKERS = int(os.environ.get("PMG_WORKERS", "2"))
 # Tables each stage writes, and dependents whose rows for the same keys become stale.
 STAGE_TABLES = {"item_keywords": ("item_keywords",), "preferences": ("user_preferences", "preference_embeddings"),
                 "generate": ("generations",), "score": ("scores",)}
@@ -40,6 +44,13 @@ class RunContext:
     counts: dict = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     last_publish: float = field(default_factory=time.monotonic)
+
+
+def task_runner():
+    """The runner of `--runner thread` (the default): a bounded ThreadPoolTaskRunner."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=WORKERS)
 
 
 def new_run_id(flow: str) -> str:

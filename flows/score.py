@@ -5,7 +5,7 @@ from prefect import flow
 
 from flows import settings
 from flows.preferences import select
-from flows.runner import RunContext, pipeline_run, run_stage
+from flows.runner import RunContext, pipeline_run, run_stage, task_runner
 from tasks import plan, targets
 
 
@@ -13,7 +13,7 @@ def score_step(ctx: RunContext, sel: targets.Selection) -> dict:
     return run_stage(ctx, "score", plan.score_inputs(ctx.con, sel.pairs, ctx.params), ctx.params["chunk_size"])
 
 
-@flow(name="score")
+@flow(name="score", task_runner=task_runner())
 def score(warehouse: str, targets: str | None = None, movies: list[int] | None = None,
           users_file: str | None = None, limit_users: int | None = None, alpha: float | None = None,
           chunk_size: int | None = None, config: str | None = None) -> dict:

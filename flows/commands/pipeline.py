@@ -126,7 +126,8 @@ def print_summary(result: dict, root: Path, seconds: float, out=sys.stdout) -> N
             failed += c["failed"]
             extra = f"  images {c['images']}" if c.get("images") else ""
             w(f"  {stage:<14} processed {c['processed']:>5}  skipped {c['skipped']:>5}  failed {c['failed']:>3}{extra}\n")
-    w(f"Images:  {Path(root).resolve() / 'images'}  (content-addressed PNGs)\n")
+    w(f"Images:  {Path(root).resolve() / 'images'}  (content-addressed PNGs; "
+      f"`pmg --warehouse {root} gallery posters.html` makes a page)\n")
     if failed:
         w(f"{failed} item(s) failed and will be retried by the next run; see: "
           "pmg sql \"SELECT stage, item_key, error FROM work_ledger WHERE status = 'failed'\"\n")
