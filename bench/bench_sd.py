@@ -53,6 +53,7 @@ def build(name: str, root: Path):
     write_tiny_tokenizer(root / "tokenizer", pad_token="!")
     tok = CLIPTokenizer.from_dir(root / "tokenizer")
     d = spec["text_width"]
+    # quick_gelu: clip.py's "gelu" activation does not compile under ms.jit yet (see pipeline adapter)
     text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
         hidden_size=d, intermediate_size=4 * d, num_hidden_layers=2, num_attention_heads=max(1, d // 64),
         vocab_size=len(tok.vocab), hidden_act="quick_gelu", bos_token_id=tok.bos_id, eos_token_id=tok.eos_id,
