@@ -114,7 +114,10 @@ def build_catalog(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     tmp = root / f".catalog-{uuid.uuid4().hex}.duckdb"
     cat = duckdb.connect(str(tmp))
     try:
+        live = set(publishable_tables(con))  # a table dropped by a migration disappears for readers too
         for table, path in con.execute("select table_name, path from _published order by 1").fetchall():
+            if table not in live:
+                continue
             cat.execute(f"create view {quote_ident(table)} as select * from read_parquet({quote_literal(path)})")
         create_views(cat, writer_views(con))
     finally:
