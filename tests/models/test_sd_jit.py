@@ -8,6 +8,7 @@ from pmg_models.sd.pipeline import StableDiffusion
 def test_compiled_pipeline_matches_pynative(tmp_path, monkeypatch):
     # sd2 flavour: a "gelu" text encoder (clip.py's lambda entry; the pipeline's adapter copes if it fails to compile)
     path = init_tiny(tmp_path / "tiny", seed=1, variant="sd2")
+    monkeypatch.chdir(tmp_path)   # MindSpore writes compile diagnostics (rank_0/) into the working directory
     eager = StableDiffusion.from_pretrained(path)
     monkeypatch.setenv("PMG_JIT", "1")
     compiled = StableDiffusion.from_pretrained(path)
