@@ -27,9 +27,9 @@ __all__ = ["CLIPTextConfig", "CLIPVisionConfig", "CLIPTextModel", "CLIPModel", "
            "ImageProcessorConfig", "preprocess", "write_tiny_tokenizer", "write_tiny_text_encoder", "init_tiny"]
 
 ACTIVATIONS = {"quick_gelu": pops.quick_gelu,
-               "gelu": lambda x: pops.gelu(x, approximate=False),
-               "gelu_new": lambda x: pops.gelu(x, approximate=True),
-               "gelu_pytorch_tanh": lambda x: pops.gelu(x, approximate=True)}
+               "gelu": pops.gelu_exact,
+               "gelu_new": pops.gelu_tanh,
+               "gelu_pytorch_tanh": pops.gelu_tanh}
 OUTPUT_LAYERS = ("last", "penultimate")
 
 

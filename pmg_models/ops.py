@@ -91,6 +91,15 @@ def gelu(x, approximate: bool = False):
     return ops.gelu(x, approximate="tanh" if approximate else "none")
 
 
+def gelu_exact(x):
+    """GELU with the erf form (a named def: ms.jit rejects lambdas)."""
+    return ops.gelu(x, approximate="none")
+
+
+def gelu_tanh(x):
+    return ops.gelu(x, approximate="tanh")
+
+
 def quick_gelu(x):
     return x * ops.sigmoid(1.702 * x)
 

@@ -172,16 +172,7 @@ class StableDiffusion:
 
     # ------------------------------------------------------------------------------ encode_prompt
     def _text_states(self, ids: np.ndarray) -> np.ndarray:
-        """Adapter: if the text encoder's compiled graph fails to build (clip.py's lambda activations,
-        e.g. SD 2.x "gelu", are rejected by ms.jit), run its Cell uncompiled from then on."""
-        try:
-            return runtime.to_numpy(self.text_encoder(ids))
-        except Exception as exc:  # graph compile errors surface as SyntaxError/RuntimeError/TypeError
-            if getattr(self.text_encoder, "_run", None) is getattr(self.text_encoder, "net", None):
-                raise
-            log.warning("text encoder did not compile (%s); running it uncompiled", str(exc).splitlines()[0][:120])
-            self.text_encoder._run = self.text_encoder.net
-            return runtime.to_numpy(self.text_encoder(ids))
+        return runtime.to_numpy(self.text_encoder(ids))
 
     def _encode_ids(self, ids: np.ndarray) -> np.ndarray:
         """(N, 77) ids → (N, 77, D), one prompt per text-encoder call (batch-independent bytes)."""
