@@ -95,6 +95,7 @@ def init_weights(net: nn.Cell, seed: int) -> None:
 
 
 def build(config: ClassifierConfig = ClassifierConfig(), seed: int = 0) -> PosterClassifier:
+    """A freshly initialised classifier (training mode) that carries its config as `net.config`."""
     runtime.setup()
     net = PosterClassifier(config)
     init_weights(net, seed)
@@ -140,6 +141,8 @@ def load_classifier(model_dir) -> PosterClassifier:
 
 
 def _eval_forward(self, x):
+    # Not named `_predict`: ms.jit on a def whose first argument is a Cell dispatched that name to
+    # nn.Cell._predict and silently returned (False, None).
     return self(x)
 
 
