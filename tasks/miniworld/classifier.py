@@ -77,7 +77,7 @@ class PosterClassifier(nn.Cell):
         h = self.features(x)
         h = h.reshape(h.shape[0], -1)  # (B, C·4·4)
         logits = ()
-        for head in self.heads:  # a plain loop: graph mode does not compile generator expressions
+        for head in self.heads:  # (B, classes) per head, in config.heads order
             logits = logits + (head(h),)
         return logits
 
