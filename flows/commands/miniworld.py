@@ -16,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("--smoke", action="store_true", help="a few dozen steps per stage: checks losses fall and shapes")
     p.add_argument("--stages", default=",".join(STAGE_NAMES),
                    help="comma-separated subset of " + ",".join(STAGE_NAMES) + " (others keep their earlier output)")
+    p.add_argument("--sd-steps", type=int, help="UNet training steps (default 1500; the LR schedule follows)")
     p.set_defaults(handler=train_miniworld)
 
 
@@ -30,7 +31,7 @@ def train_miniworld(args) -> int:
     unknown = sorted(set(stages) - set(STAGE_NAMES))
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_NAMES)}")
-    metrics = run(args.out, seed=args.seed, smoke=args.smoke, stages=stages, emit=_say)
+    metrics = run(args.out, seed=args.seed, smoke=args.smoke, stages=stages, emit=_say, sd_steps=args.sd_steps)
     for name, gate in metrics.get("gates", {}).items():
         _say(f"gate {name}: {gate['value']:.3f} (>= {gate['threshold']}) {'PASS' if gate['passed'] else 'FAIL'}")
     failed = [name for name, ok in metrics.get("checks", {}).items() if not ok]

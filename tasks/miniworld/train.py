@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -91,14 +91,21 @@ def _read(path: Path) -> dict | None:
 
 
 def train_miniworld(out_dir, seed: int = 0, smoke: bool = False, stages=STAGES, config: WorldConfig | None = None,
-                    emit: Callable[[str], None] | None = None) -> dict:
-    """Train the chosen stages into `out_dir`; returns (and writes to OUT/metrics.json) the run's metrics."""
+                    emit: Callable[[str], None] | None = None, sd_steps: int | None = None) -> dict:
+    """Train the chosen stages into `out_dir`; returns (and writes to OUT/metrics.json) the run's metrics.
+
+    `sd_steps` overrides the UNet's step count (its warm-up and cosine decay follow the new length).
+    """
     from tasks.miniworld import classifier
 
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
     cfg = config or (WorldConfig.smoke_config() if smoke else WorldConfig())
+    if sd_steps is not None:
+        if sd_steps < 1:
+            raise ValueError(f"sd steps must be at least 1, got {sd_steps}")
+        cfg = replace(cfg, sd=replace(cfg.sd, steps=int(sd_steps)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = emit or (lambda line: None)

@@ -91,5 +91,6 @@ def test_llama_pairs_are_deterministic_pmg_prompts():
 def test_cli_registers_train_miniworld():
     from flows.cli import build_parser
 
-    args = build_parser().parse_args(["train-miniworld", "out", "--seed", "3", "--smoke", "--stages", "clip,llama"])
-    assert args.seed == 3 and args.smoke and args.stages == "clip,llama"
+    args = build_parser().parse_args(["train-miniworld", "out", "--seed", "3", "--smoke", "--stages", "clip,llama",
+                                      "--sd-steps", "700"])
+    assert args.seed == 3 and args.smoke and args.stages == "clip,llama" and args.sd_steps == 700
