@@ -95,3 +95,12 @@ def processes():
         yield group
     finally:
         group.stop_all()
+
+
+@pytest.fixture(scope="session")
+def prefect_api(ops_dir):
+    """One quiet local Prefect API for in-process flows of the session."""
+    from flows import prefect_env
+
+    with prefect_env.embedded_api(ops_dir / "prefect-wh") as url:
+        yield url
