@@ -134,8 +134,8 @@ def train_miniworld(out_dir, seed: int = 0, smoke: bool = False, stages=STAGES, 
         elif stage == "clip":
             m = train_clip(out / "clip", seed, cfg.clip, say)
         elif stage == "sd":
-            cls_dir = out / "classifier" if (out / "classifier" / "model.safetensors").exists() else None
-            m = train_sd(out / "sd", out / "clip", seed, cfg.sd, cls_dir, say)
+            # Looked up when the SD evaluation starts: the classifier may still be training in another process.
+            m = train_sd(out / "sd", out / "clip", seed, cfg.sd, out / "classifier", say)
         else:
             m = train_llama(out / "llama", seed, cfg.llama, say)
         metrics["stages"][stage] = m

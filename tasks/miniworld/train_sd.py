@@ -162,8 +162,11 @@ def eval_plan(cfg: SDStageConfig, seed: int):
 
 
 def score_images(images: np.ndarray, plan, classifier_dir: Path | None) -> dict:
-    """Classifier accuracies by caption kind: single-genre, and pairs (target bg / preference motif)."""
-    if classifier_dir is None:
+    """Classifier accuracies by caption kind: single-genre, and pairs (target bg / preference motif).
+
+    Empty when there is no trained classifier in `classifier_dir` (yet).
+    """
+    if classifier_dir is None or not (Path(classifier_dir) / "config.json").exists():
         return {}
     from tasks.miniworld import classifier
 
@@ -201,7 +204,7 @@ def evaluate(sd_dir: Path, cfg: SDStageConfig, seed: int, classifier_dir: Path |
     metrics = {"n_generated": len(images), **score_images(images, plan, classifier_dir)}
     if emit is not None:
         emit(f"[sd] generated {len(images)} posters: {metrics}")
-    if cfg.eval_random and init_arrays is not None and classifier_dir is not None:
+    if cfg.eval_random and init_arrays is not None and "all_bg" in metrics:
         checkpoint.assign_strict(pipe.unet, init_arrays.items(), source="init")
         rplan = plan[:: max(1, len(plan) // cfg.eval_random)][:cfg.eval_random]
         rand = score_images(generate(pipe, rplan, cfg), rplan, classifier_dir)
