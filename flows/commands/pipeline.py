@@ -61,7 +61,11 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=int, help="image width (default 512)")
     g.add_argument("--seed", type=int, help="base seed (default 0)")
     g.add_argument("--chunk-size", type=int, help="items per task (default 16)")
-    g.add_argument("--runner", choices=("thread",), default="thread", help="task runner (default thread)")
+    g.add_argument("--runner", choices=("thread", "dask"), default="thread",
+                   help="task runner: 'thread' (default, this process) or 'dask' (worker processes)")
+    g.add_argument("--dask-address", help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 "
+                   "(default: a temporary local cluster)")
+    g.add_argument("--dask-workers", type=int, help="worker processes of the temporary local cluster (default 2)")
 
 
 def _id_list(text: str) -> list[int]:
@@ -87,8 +91,10 @@ def cmd_backfill(args) -> int:
     from flows import prefect_env
     prefect_env.configure(root, quiet=not args.debug)
     from flows.backfill import backfill
+    from flows.dask_runner import task_runner_for
 
-    result = _run_flow(root, args.debug, backfill, warehouse=str(root), targets=args.targets, movies=args.movie,
+    flow = backfill.with_options(task_runner=task_runner_for(args.runner, args.dask_address, args.dask_workers))
+    result = _run_flow(root, args.debug, flow, warehouse=str(root), targets=args.targets, movies=args.movie,
                        users_file=args.users_file, limit_users=args.limit_users, candidates=args.candidates,
                        alpha=args.alpha, steps=args.steps, height=args.height, width=args.width, seed=args.seed,
                        chunk_size=args.chunk_size, config=args.config)
