@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows import settings
+from flows import artifacts, settings
 from flows.generate import generate_step
 from flows.preferences import item_keywords_step, preferences_step, select
 from flows.runner import pipeline_run, task_runner
@@ -21,10 +21,11 @@ def backfill(warehouse: str, targets: str | None = None, movies: list[int] | Non
         "targets": targets, "movies": movies, "users_file": users_file, "limit_users": limit_users,
         "candidates": candidates, "alpha": alpha, "steps": steps, "height": height, "width": width,
         "guidance": guidance, "seed": seed, "chunk_size": chunk_size}, config)
-    with pipeline_run(warehouse, run_name, params, lineage) as ctx:
+    with pipeline_run(warehouse, run_name, params, lineage) as ctx, artifacts.tracked(ctx) as tracker:
         sel, hist = select(ctx)
         item_keywords_step(ctx, sel, hist)
         preferences_step(ctx, hist)
         generate_step(ctx, sel)
         score_step(ctx, sel)
-        return {"run_id": ctx.run_id, "counts": ctx.counts}
+        metrics = artifacts.finish(ctx, tracker)  # gallery, run_metrics row, Prefect artifacts
+        return {"run_id": ctx.run_id, "counts": ctx.counts, "gallery": metrics["gallery"]}

@@ -33,20 +33,29 @@ def dataset(ops_dir) -> Path:
     return synthesize(ops_dir / "ml-tiny", users=5, movies=60, ratings=5 * 24, seed=7)
 
 
-@pytest.fixture
-def make_warehouse(tmp_path, tiny_models, dataset):
-    """A fresh warehouse with the tiny dataset ingested and pmg.toml naming the tiny models."""
+def new_warehouse(root: Path, tiny_models: Path, dataset: Path) -> Path:
+    """A warehouse with the dataset ingested and pmg.toml naming the tiny models."""
     from warehouse.ingest import ingest
 
-    def make(name: str = "wh") -> Path:
-        root = tmp_path / name
-        root.mkdir()
-        (root / "pmg.toml").write_text(
-            f'[models]\nllm = "{tiny_models / "llm"}"\nsd = "{tiny_models / "sd"}"\nclip = "{tiny_models / "clip"}"\n')
-        ingest(dataset, root)
-        return root
+    root.mkdir(parents=True)
+    (root / "pmg.toml").write_text(
+        f'[models]\nllm = "{tiny_models / "llm"}"\nsd = "{tiny_models / "sd"}"\nclip = "{tiny_models / "clip"}"\n')
+    ingest(dataset, root)
+    return root
 
-    return make
+
+@pytest.fixture
+def make_warehouse(tmp_path, tiny_models, dataset):
+    return lambda name="wh": new_warehouse(tmp_path / name, tiny_models, dataset)
+
+
+@pytest.fixture(scope="session")
+def backfilled(ops_dir, prefect_api, tiny_models, dataset):
+    """One finished backfill (thread runner, holdout targets) shared by read-only tests: (root, result)."""
+    from flows.backfill import backfill
+
+    root = new_warehouse(ops_dir / "backfilled", tiny_models, dataset)
+    return root, backfill(warehouse=str(root), targets="holdout", **FAST)
 
 
 def free_port() -> int:

@@ -25,12 +25,12 @@ def outputs(root):
     return gens, scores, prefs
 
 
-def test_backfill_on_dask_matches_thread_runner(prefect_api, make_warehouse):
+def test_backfill_on_dask_matches_thread_runner(backfilled, make_warehouse):
     from flows.backfill import backfill
     from flows.dask_runner import dask_task_runner, local_cluster_kwargs
 
-    thread_root, dask_root = make_warehouse("thread"), make_warehouse("dask")
-    on_threads = backfill(warehouse=str(thread_root), targets="holdout", **FAST)
+    thread_root, on_threads = backfilled   # the same backfill on the thread runner
+    dask_root = make_warehouse("dask")
     with distributed.LocalCluster(**local_cluster_kwargs(2)) as cluster, distributed.Client(cluster) as client:
         on_dask = backfill.with_options(task_runner=dask_task_runner(cluster.scheduler_address))(
             warehouse=str(dask_root), targets="holdout", **FAST)
