@@ -36,10 +36,13 @@ def register(sub) -> None:
     p = sub.add_parser("gallery", help="write an HTML page of users, keywords, candidates and chosen posters")
     p.add_argument("out", help="output .html file")
     p.add_argument("--run", help="only posters of this run id")
-    p.add_argument("--limit", type=int, default=100, help="at most this many (user, target) pairs")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many users in all (default 1000)")
+    p.add_argument("--per-page", type=int, default=50, help="users per page: OUT.html, OUT-2.html, ... (default 50)")
     p.set_defaults(handler=cmd_gallery)
 
-    p = sub.add_parser("status", help="recent runs and failed items")
+    p = sub.add_parser("status", help="recent runs, failed items, and what the next nightly would recompute")
+    p.add_argument("--runs", type=int, default=10, help="how many recent runs to list (default 10)")
+    p.add_argument("--config", help="model config TOML (default <warehouse>/pmg.toml or tiny models)")
     p.set_defaults(handler=cmd_status)
 
 
@@ -132,8 +135,9 @@ def print_summary(result: dict, root: Path, seconds: float, out=sys.stdout) -> N
             failed += c["failed"]
             extra = f"  images {c['images']}" if c.get("images") else ""
             w(f"  {stage:<14} processed {c['processed']:>5}  skipped {c['skipped']:>5}  failed {c['failed']:>3}{extra}\n")
-    w(f"Images:  {Path(root).resolve() / 'images'}  (content-addressed PNGs; "
-      f"`pmg --warehouse {root} gallery posters.html` makes a page)\n")
+    w(f"Images:  {Path(root).resolve() / 'images'}  (content-addressed PNGs)\n")
+    if result.get("gallery"):
+        w(f"Gallery: {result['gallery']}  (`pmg --warehouse {root} gallery OUT.html [--run ID]` writes another)\n")
     if failed:
         w(f"{failed} item(s) failed and will be retried by the next run; see: "
           "pmg sql \"SELECT stage, item_key, error FROM work_ledger WHERE status = 'failed'\"\n")
@@ -149,20 +153,14 @@ def cmd_demo(args) -> int:
 def cmd_gallery(args) -> int:
     from flows.gallery import write_gallery
 
-    n = write_gallery(args.warehouse, args.out, args.run, args.limit)
-    print(f"Wrote {args.out} ({n} user/target pairs).")
+    n = write_gallery(args.warehouse, args.out, args.run, args.limit, args.per_page)
+    pages = max(1, -(-n // args.per_page))
+    print(f"Wrote {args.out} ({n} users on {pages} page(s); images next to it, the folder can be moved or served).")
     return 0
 
 
 def cmd_status(args) -> int:
-    from warehouse.db import connect_reader
+    from flows.status import status_text
 
-    with connect_reader(args.warehouse) as con:
-        runs = con.execute("SELECT run_id, flow, status, started_at, finished_at FROM runs "
-                           "ORDER BY started_at DESC LIMIT 10").fetchall()
-        failed = con.execute("SELECT stage, count(*) FROM work_ledger WHERE status = 'failed' GROUP BY 1 ORDER BY 1").fetchall()
-        posters = con.execute("SELECT count(*) FROM posters").fetchall()[0][0]
-    for r in runs:
-        print(f"{r[0]:<40} {r[1]:<10} {r[2]:<10} {r[3]} -> {r[4] or ''}")
-    print(f"posters: {posters}; failed items: " + (", ".join(f"{s} {n}" for s, n in failed) or "none"))
+    print(status_text(args.warehouse, args.runs, args.config))
     return 0
