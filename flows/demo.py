@@ -61,8 +61,8 @@ def run(warehouse: Path, args, out=sys.stdout) -> int:
     result = _run_flow(warehouse, args.debug, backfill, warehouse=str(warehouse), targets="holdout",
                        candidates=args.candidates, steps=args.steps, height=args.size, width=args.size,
                        chunk_size=8)
-    gallery = warehouse / "gallery.html"
-    n = write_gallery(warehouse, gallery)
+    gallery = Path(result["gallery"]) if result.get("gallery") else warehouse / "gallery" / "index.html"
+    n = write_gallery(warehouse, gallery)  # the backfill wrote it already; this also gives the user count
     w(f"5/5 gallery: {gallery.resolve()} ({n} users)\n")
     print_summary(result, warehouse, time.monotonic() - started, out)
     w("\nTry:\n")
