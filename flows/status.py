@@ -103,7 +103,7 @@ def render(runs: list[dict], failed: dict[str, int], posters: int, plan: NextNig
                      f"{plan.selected_pairs} (user, target) pairs are up to date.")
     else:
         lines.append(f"Next nightly (repeats {plan.based_on}) would recompute: keywords of {len(plan.movies)} movies, "
-                     f"preferences of {len(plan.users)} users, {len(plan.pairs)} of {plan.selected_pairs} "
+                     f"preferences of {len(plan.users)} users, up to {len(plan.pairs)} of {plan.selected_pairs} "
                      "(user, target) pairs.")
         if plan.users:
             lines.append("  users: " + _ids(plan.users))
