@@ -159,7 +159,7 @@ def run_child(root: Path, args: list[str], env: dict, tag: str) -> dict:
     out.unlink()
     rec["wall_s"] = wall
     log(f"{tag}: {wall:.1f} s wall, {rec['call_s']:.1f} s model calls, {rec['load_s']:.1f} s loads, "
-        f"peak RSS {rec['maxrss_mb']:.0f} MB")
+        f"peak RSS {rec['maxrss_mb']:.0f} MB; calls {json.dumps({k: round(v, 1) for k, v in rec['calls'].items()})}")
     return rec
 
 
@@ -171,7 +171,9 @@ def run_peer(root: Path, params: dict, users: int, env: dict) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"peer failed: {proc.stderr[-3000:]}")
     rec = json.loads(proc.stdout.strip().splitlines()[-1])
-    log(f"peer: {rec['wall_s']:.1f} s for {rec['requests']} request(s)")
+    log(f"peer: {rec['wall_s']:.1f} s for {rec['requests']} request(s); loads "
+        f"{json.dumps({k: round(v, 1) for k, v in rec['load'].items()})}, calls "
+        f"{json.dumps({k: round(v, 1) for k, v in rec['call'].items()})}")
     return rec
 
 
@@ -230,8 +232,9 @@ def rows(a, users: int, full: dict, peer: dict, nightly: dict, n_changed: int, r
         f"| users/hour, `pmg backfill` ({users} users) vs per-request loop ({peer['requests']} users) | "
         f"{ours_rate:,.0f} ({full['wall_s']:.1f} s) | {peer_rate:,.0f} ({peer['wall_s'] / peer['requests']:.1f} s/user; "
         f"loads {peer['load_s'] / peer['requests']:.1f} s/user) | {ours_rate / peer_rate:.1f}x | >= 10x |",
-        f"| orchestration overhead at {users} users: wall - model calls - loads | {overhead:.1f} s "
-        f"({full['call_s']:.1f} s calls, {full['load_s']:.1f} s loads) | {full['wall_s']:.1f} s wall | "
+        f"| orchestration overhead at {users} users: wall - model calls - loads | {overhead:.1f} s, of which "
+        f"{full['wall_s'] - full['flow_s']:.1f} s process start and imports ({full['call_s']:.1f} s calls, "
+        f"{full['load_s']:.1f} s loads) | {full['wall_s']:.1f} s wall | "
         f"{100 * overhead / full['wall_s']:.0f}% | <= 10% |",
         f"| `pmg nightly`, {n_changed} of {users} users changed ({100 * n_changed / users:.1f}%) | "
         f"{nightly['wall_s']:.1f} s (overhead {nightly['wall_s'] - nightly['call_s'] - nightly['load_s']:.1f} s) | "
