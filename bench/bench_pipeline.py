@@ -11,6 +11,7 @@ generation parameters for both sides:
   (c) `pmg nightly` after new ratings for 1% of the users, against the backfill's wall time;
   (d) the backfill process's peak RSS (ru_maxrss of the child) at 10x the users against N users.
 The Prefect API is one local server shared by the children (as a deployment would have), started here.
+The peer always runs eagerly (PMG_JIT=0): with models reloaded per request, compiling would only slow it.
 Prints Markdown rows on stdout; progress goes to stderr.
 
 Run: .venv/bin/python -m bench.bench_pipeline --users 20 [--peer-users 3] [--rss-users 20] [--preset tiny]
@@ -197,7 +198,7 @@ def bench(a, work: Path) -> list[str]:
         with connect_reader(root) as con:
             users = con.execute("SELECT count(DISTINCT user_id) FROM posters").fetchall()[0][0]
         params = {"candidates": a.candidates, "steps": a.steps, "height": a.size, "width": a.size}
-        peer = run_peer(root, params, a.peer_users, env)
+        peer = run_peer(root, params, a.peer_users, {**env, "PMG_JIT": "0"})
         changed, n_changed = changed_copy(root, data, work / "data-next", 0.01)
         nightly = run_child(root, ["nightly", "--source", str(changed)], env, f"nightly ({n_changed} users changed)")
         rss_base = full
@@ -262,7 +263,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--chunk-size", type=int, default=16)
-    parser.add_argument("--jit", action="store_true", help="compiled models (PMG_JIT=1); default eager")
+    parser.add_argument("--jit", action="store_true", help="compiled models for ours (PMG_JIT=1, the CLI's default); default eager, "
+                        "as `pmg demo` runs the tiny models")
     parser.add_argument("--work", help="keep the warehouses here (default: a temporary directory)")
     a = parser.parse_args()
     a.rss_users = a.rss_users or a.users
