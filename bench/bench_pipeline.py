@@ -245,6 +245,13 @@ def rows(a, users: int, full: dict, peer: dict, nightly: dict, n_changed: int, r
         out.append(f"| peak RSS of the backfill process, {a.rss_users * a.rss_scale} vs {a.rss_users} users | "
                    f"{rss_big['maxrss_mb']:.0f} MB ({rss_big['wall_s']:.0f} s) | {rss_base['maxrss_mb']:.0f} MB | "
                    f"{rss_big['maxrss_mb'] / rss_base['maxrss_mb']:.2f}x | <= 1.2x |")
+    # where the speed-up comes from: seconds per user inside the same model calls on both sides
+    for name, ours_key, peer_key in (("LLM", "LlamaLM.generate", "llm.generate"),
+                                     ("SD", "StableDiffusion.generate", "sd.generate")):
+        o = full["calls"].get(ours_key, 0.0) / users
+        q = peer["call"].get(peer_key, 0.0) / peer["requests"]
+        out.append(f"| {name} seconds per user inside model calls | {o:.2f} | {q:.2f} | "
+                   f"{q / o if o else float('nan'):.1f}x | - |")
     return head + out
 
 
