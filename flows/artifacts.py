@@ -107,7 +107,7 @@ def run_metrics(ctx, gallery: Path | None) -> dict:
     posters, mean_z, mean_d_p, mean_d_t = queries.run(ctx.con, "ops_run_scores", {"run_id": ctx.run_id}).fetchone()
     return {"run_id": ctx.run_id, "flow": ctx.flow, "seconds": round(seconds, 3), "users": sel.get("users", 0),
             "pairs": sel.get("pairs", 0), **total,
-            "users_per_hour": round(sel.get("users", 0) * 3600.0 / max(seconds, 1e-9), 1),
+            "pairs_per_hour": _per_hour(stages.get("generate", {}).get("processed", 0), seconds),
             "posters": posters, "mean_z": mean_z, "mean_d_p": mean_d_p, "mean_d_t": mean_d_t, "stages": stages,
             "gallery": str(gallery) if gallery else None, "flow_run_id": _flow_run_id()}
 
@@ -136,7 +136,7 @@ def report_markdown(m: dict) -> str:
         f"| users / (user, target) pairs | {m['users']} / {m['pairs']} |",
         f"| images generated | {m['images']} |",
         f"| items processed / skipped / failed | {m['processed']} / {m['skipped']} / {m['failed']} |",
-        f"| wall time | {m['seconds']:.1f} s ({m['users_per_hour']:.0f} users/hour) |",
+        f"| wall time | {m['seconds']:.1f} s ({num(m['pairs_per_hour'], '{:.0f}')} pairs generated/hour) |",
         f"| selected posters | {m['posters']} (mean z {num(m['mean_z'])}, d_p {num(m['mean_d_p'], '{:.2f}')}, "
         f"d_t {num(m['mean_d_t'], '{:.2f}')}) |", "",
         f"Gallery: {gallery}", "",
@@ -145,6 +145,10 @@ def report_markdown(m: dict) -> str:
            "`pmg sql \"SELECT stage, item_key, error FROM work_ledger WHERE status = 'failed'\"`"]
           if m["failed"] else []),
     ])
+
+
+def _per_hour(n: int, seconds: float) -> float | None:
+    return round(n * 3600.0 / max(seconds, 1e-9), 1) if n else None
 
 
 def _write_gallery(root: Path) -> Path | None:

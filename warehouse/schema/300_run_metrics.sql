@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS run_metrics (
     skipped          INTEGER,      -- items already up to date, all stages
     failed           INTEGER,      -- items that failed (retried by the next run)
     images           INTEGER,      -- images generated
-    users_per_hour   DOUBLE,       -- users selected / wall time
+    pairs_per_hour   DOUBLE,       -- (user, target) pairs generated / wall time (NULL: none generated)
     posters          INTEGER,      -- selected posters written by this run
     mean_z           DOUBLE,       -- over this run's selected posters
     mean_d_p         DOUBLE,
