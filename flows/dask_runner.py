@@ -32,11 +32,13 @@ def local_cluster_kwargs(n_workers: int) -> dict:
 
 
 def task_runner_for(runner: str, address: str | None = None, n_workers: int | None = None):
-    """The task runner named on the command line: 'thread' (default) or 'dask'."""
+    """The task runner by name: 'thread' (default) or 'dask' (--runner, or env PMG_RUNNER)."""
+    if runner not in ("thread", "dask"):
+        raise ValueError(f"unknown task runner {runner!r} (PMG_RUNNER or --runner): use thread or dask")
     if runner == "dask":
         return dask_task_runner(address, n_workers)
     if address:
         raise ValueError("--dask-address needs --runner dask")
-    from flows.runner import task_runner
+    from flows.runner import thread_runner
 
-    return task_runner()
+    return thread_runner()

@@ -47,7 +47,18 @@ class RunContext:
 
 
 def task_runner():
-    """The runner of `--runner thread` (the default): a bounded ThreadPoolTaskRunner."""
+    """The flows' runner: a bounded ThreadPoolTaskRunner, or Dask when PMG_RUNNER=dask.
+
+    PMG_RUNNER (thread|dask), PMG_DASK_ADDRESS and PMG_DASK_WORKERS are read when the flow modules
+    are imported, so a deployment can scale out through its job variables' env (see flows/dask_runner.py).
+    """
+    from flows.dask_runner import task_runner_for
+
+    return task_runner_for(os.environ.get("PMG_RUNNER") or "thread", os.environ.get("PMG_DASK_ADDRESS") or None)
+
+
+def thread_runner():
+    """The runner of `--runner thread`: a bounded ThreadPoolTaskRunner."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
     return ThreadPoolTaskRunner(max_workers=WORKERS)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,10 +65,12 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=int, help="image width (default 512)")
     g.add_argument("--seed", type=int, help="base seed (default 0)")
     g.add_argument("--chunk-size", type=int, help="items per task (default 16)")
-    g.add_argument("--runner", choices=("thread", "dask"), default="thread",
-                   help="task runner: 'thread' (default, this process) or 'dask' (worker processes)")
-    g.add_argument("--dask-address", help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 "
-                   "(default: a temporary local cluster)")
+    g.add_argument("--runner", choices=("thread", "dask"), default=os.environ.get("PMG_RUNNER") or "thread",
+                   help="task runner: 'thread' (this process) or 'dask' (worker processes); default env "
+                   "PMG_RUNNER or thread")
+    g.add_argument("--dask-address", default=os.environ.get("PMG_DASK_ADDRESS") or None,
+                   help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (default env "
+                   "PMG_DASK_ADDRESS, else a temporary local cluster)")
     g.add_argument("--dask-workers", type=int, help="worker processes of the temporary local cluster (default 2)")
 
 

@@ -62,3 +62,17 @@ def test_runner_selection():
         task_runner_for("thread", "tcp://127.0.0.1:8786")
     with pytest.raises(ValueError, match="--dask-workers"):
         task_runner_for("dask", n_workers=-1)
+
+
+def test_pmg_runner_env_selects_dask_for_flows_and_deployments(monkeypatch):
+    from flows import runner
+
+    monkeypatch.setenv("PMG_RUNNER", "dask")
+    monkeypatch.setenv("PMG_DASK_ADDRESS", "tcp://127.0.0.1:8786")
+    assert runner.task_runner().address == "tcp://127.0.0.1:8786"
+    monkeypatch.setenv("PMG_RUNNER", "ray")
+    with pytest.raises(ValueError, match="unknown task runner 'ray'"):
+        runner.task_runner()
+    monkeypatch.delenv("PMG_RUNNER")
+    monkeypatch.delenv("PMG_DASK_ADDRESS")
+    assert type(runner.task_runner()).__name__ == "ThreadPoolTaskRunner"
