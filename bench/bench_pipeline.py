@@ -155,7 +155,9 @@ def run_child(root: Path, args: list[str], env: dict, tag: str) -> dict:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"{tag} failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-3000:]}")
+        saved = root.parent / f"failed-{root.name}-{time.strftime('%H%M%S')}.log"
+        saved.write_text(proc.stdout + proc.stderr)
+        raise RuntimeError(f"{tag} failed ({proc.returncode}), full output in {saved}: {proc.stderr[-1500:]}")
     rec = json.loads(out.read_text())
     out.unlink()
     rec["wall_s"] = wall
