@@ -58,6 +58,10 @@ def write_gallery(warehouse, out: Path | str, run_id: str | None = None, limit: 
             header = _header(run_id, len(users), total, page, len(pages))
             nav = _nav(out, page.number, len(pages))
             _write(page_path(out, page.number), _page(header, nav, body))
+    stale = len(pages) + 1
+    while page_path(out, stale).exists():  # pages of an earlier, longer gallery
+        page_path(out, stale).unlink()
+        stale += 1
     return len(users)
 
 

@@ -90,8 +90,10 @@ def test_gallery_written_by_the_backfill_renders(backfilled, chromium):
 def test_gallery_command_for_one_run(backfilled, tmp_path, capsys):
     root, result = backfilled
     out = tmp_path / "one-run.html"
-    assert cli.main(["--warehouse", str(root), "gallery", str(out), "--run", result["run_id"]]) == 0
+    assert cli.main(["--warehouse", str(root), "gallery", str(out), "--run", result["run_id"], "--per-page", "1"]) == 0
     assert "one-run.html" in capsys.readouterr().out
-    assert out.read_text().count("★ selected") == result["counts"]["selection"]["pairs"]
+    pages = sorted(tmp_path.glob("one-run*.html"))
+    assert len(pages) == len(expected(root)[0]) > 1
+    assert sum(p.read_text().count("★ selected") for p in pages) == result["counts"]["selection"]["pairs"]
     assert cli.main(["--warehouse", str(root), "gallery", str(out), "--run", "no-such-run"]) == 0
-    assert "0 users" in out.read_text()
+    assert "0 users" in out.read_text() and sorted(tmp_path.glob("one-run*.html")) == [out]  # stale pages gone
