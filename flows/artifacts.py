@@ -19,7 +19,7 @@ from typing import Iterator
 
 from flows import progress
 from warehouse import queries
-from warehouse.db import publish
+from warehouse.db import publish, transaction
 
 STAGES = ("item_keywords", "preferences", "generate", "score")
 GALLERY = Path("gallery") / "index.html"
@@ -88,9 +88,8 @@ def finish(ctx, tracker: ArtifactProgress | None = None) -> dict:
     publish(ctx.con, ctx.root, ["runs"])  # the gallery's reader must see this run
     gallery = _write_gallery(ctx.root)
     metrics = run_metrics(ctx, gallery)
-    ctx.con.execute("BEGIN TRANSACTION")
-    queries.run(ctx.con, "ops_insert_metrics", {**metrics, "stages": json.dumps(metrics["stages"])})
-    ctx.con.execute("COMMIT")
+    with transaction(ctx.con):
+        queries.run(ctx.con, "ops_insert_metrics", {**metrics, "stages": json.dumps(metrics["stages"])})
     publish(ctx.con, ctx.root, ["run_metrics"])
     if tracker is not None:
         tracker.finish()

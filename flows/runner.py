@@ -19,7 +19,7 @@ from typing import Iterator
 
 from flows import progress
 from warehouse import images, ledger, staging
-from warehouse.db import connect_writer, publish
+from warehouse.db import connect_writer, publish, rollback_open
 
 PUBLISH_EVERY_S = 30.0
 # Chunk tasks run in a small thread pool: one computes on the device (resources.DEVICE_LOCK) while the
@@ -113,6 +113,7 @@ def pipeline_run(warehouse, flow: str, params: dict, lineage: dict, timeout_s: f
             yield ctx
             status = "completed"
         finally:
+            rollback_open(con)  # an error mid-transaction must not hide behind "transaction is aborted"
             con.execute("UPDATE runs SET status = ?, finished_at = now()::TIMESTAMP, counts = ? WHERE run_id = ?",
                         [status, json.dumps(ctx.counts), run_id])
             publish(con, root, list(PIPELINE_TABLES))
@@ -149,11 +150,16 @@ def run_stage(ctx: RunContext, stage: str, inputs: list[dict], chunk_size: int) 
         bar.advance(len(out["outcome"]), out["images"], failed)
         _maybe_publish(ctx, stage)
     bar.end_stage()
-    publish(ctx.con, ctx.root, [*STAGE_TABLES[stage], *STAGE_CLEARS.get(stage, ()), "work_ledger", "chunk_commits"])
+    publish(ctx.con, ctx.root, _published_with(stage))
     return counts
+
+
+def _published_with(stage: str) -> list[str]:
+    """The tables a stage's chunk commit touches; readers must see them together (rows, ledger, commits)."""
+    return [*STAGE_TABLES[stage], *STAGE_CLEARS.get(stage, ()), "work_ledger", "chunk_commits"]
 
 
 def _maybe_publish(ctx: RunContext, stage: str) -> None:
     if time.monotonic() - ctx.last_publish >= PUBLISH_EVERY_S:
-        publish(ctx.con, ctx.root, [*STAGE_TABLES[stage], *STAGE_CLEARS.get(stage, ()), "work_ledger"])
+        publish(ctx.con, ctx.root, _published_with(stage))
         ctx.last_publish = time.monotonic()

@@ -45,21 +45,16 @@ def record_run(warehouse, run_id: str, kind: str, params: dict, checkpoints: dic
                status: str, counts: dict, extra: Callable | None = None, tables: tuple = ()) -> None:
     """Write the run (and, via `extra(con)`, its rows) with one short writer connection, then publish."""
     from warehouse import queries
-    from warehouse.db import connect_writer, publish
+    from warehouse.db import connect_writer, publish, transaction
 
     with connect_writer(Path(warehouse)) as con:
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             queries.run(con, "eval_run_start", {"run_id": run_id, "flow": kind, "parameters": json.dumps(params, default=str),
                                                 "checkpoints": json.dumps(checkpoints), "prompt_version": prompt_version})
             if extra is not None:
                 extra(con)
             queries.run(con, "eval_run_finish", {"run_id": run_id, "status": status,
                                                  "counts": json.dumps(counts, default=str)})
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         publish(con, Path(warehouse), ["runs", *tables])
 
 

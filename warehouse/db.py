@@ -137,3 +137,23 @@ def read_query(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> tuple[l
         if "configuration has been locked" in message or "read-only mode" in message:
             raise WarehouseError(f"refused: pmg sql is read-only ({message})") from None
         raise WarehouseError(f"query failed: {message}") from None
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN … COMMIT on the writer; any error rolls back and propagates, so the connection stays usable."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def rollback_open(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back a transaction left open by an interrupted caller (no-op when none is open)."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.TransactionException:
+        pass  # nothing was open
