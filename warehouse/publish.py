@@ -87,7 +87,9 @@ def publish(con: duckdb.DuckDBPyConnection, root: Path | str, tables: list[str] 
     written = []
     for table in names:
         fp = fingerprint(con, table)
-        if current.get(table) == fp and Path(paths[table]).exists():
+        snapshot = Path(paths.get(table, ""))
+        # A copied or moved warehouse must not keep reading the original's files.
+        if current.get(table) == fp and snapshot.is_relative_to(root / PUBLISHED) and snapshot.exists():
             continue
         written.append((table, str(write_snapshot(con, table, root / PUBLISHED / table)), fp))
     if written:  # one transaction (one fsync) records every new snapshot

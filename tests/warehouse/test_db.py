@@ -114,3 +114,18 @@ def test_nested_writer_in_one_thread_fails_fast(tmp_path):
                 pass
     with connect_writer(tmp_path / "wh"):                    # released afterwards
         pass
+
+
+def test_a_copied_warehouse_reads_its_own_files_not_the_originals(small_source, tmp_path):
+    import shutil
+
+    original = tmp_path / "original"
+    ingest(small_source, original)
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    with connect_writer(copy) as con:
+        publish(con, copy)
+    shutil.rmtree(original)  # the copy must not depend on it
+    with connect_reader(copy) as con:
+        cols, rows = read_query(con, "select count(*) from ratings")
+    assert rows[0][0] == 1500
