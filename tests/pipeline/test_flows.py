@@ -57,6 +57,10 @@ def test_backfill_writes_contract_tables_with_lineage(backfilled):
         assert run[0] == "completed" and run[1] == "holdout" and len(run[2]) > 8 and run[3] and run[4] and run[5]
         # seeds per image, one generation per (candidate); selected = highest z
         assert q("SELECT count(DISTINCT seed) > 0, bool_and(seed IS NOT NULL) FROM generations") == [(True, True)]
+        # candidates of a pair differ: by weight when there are preference keywords, else by seed
+        assert q("SELECT count(*) FROM generations g JOIN user_preferences p USING (user_id) "
+                 "GROUP BY g.user_id, g.target_movie_id, len(p.keywords) = 0 "
+                 "HAVING count(DISTINCT CASE WHEN len(p.keywords) = 0 THEN g.seed ELSE g.weight END) < 2") == []
         assert q("SELECT count(*) FROM scores s JOIN (SELECT user_id, target_movie_id, max(z) AS z FROM scores "
                  "GROUP BY ALL) m USING (user_id, target_movie_id) WHERE s.selected AND s.z <> m.z") == [(0,)]
         # held-out movie is not part of the history the preferences were built from
