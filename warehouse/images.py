@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from warehouse.staging import crash_point, fsync_dir
+from warehouse.publish import fsync_path
+from warehouse.staging import crash_point
 
 IMAGE_DIR = "images"
 EMBEDDING_DIR = "embeddings"
@@ -49,7 +50,7 @@ def put_bytes(root: Path, data: bytes, base: str = IMAGE_DIR, suffix: str = ".pn
         crash_point("mid-image-write")
         os.fsync(f.fileno())
     os.replace(tmp, final)
-    fsync_dir(final.parent)
+    fsync_path(final.parent)
     return rel, sha
 
 

@@ -14,7 +14,7 @@ import duckdb
 import pandas as pd
 
 from warehouse import ledger
-from warehouse.publish import mark_changed
+from warehouse.publish import fsync_path, mark_changed
 
 STAGING_DIR = "staging"
 # Tables a chunk may write, with the natural key that one row per key is kept on.
@@ -35,14 +35,6 @@ def crash_point(point: str) -> None:
     _crash_counts[point] = _crash_counts.get(point, 0) + 1
     if _crash_counts[point] >= int(os.environ.get("PMG_TEST_CRASH_AFTER", "1")):
         os._exit(137)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def run_dir(root: Path, run_id: str) -> Path:
@@ -72,7 +64,7 @@ def write_parquet(path: Path, rows: list[dict] | pd.DataFrame, columns: dict[str
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
     return path
 
 
