@@ -150,14 +150,11 @@ def _generate(texts: list[str], p: dict, max_new_tokens: int) -> list[str]:
 def generate(rows: list[dict], p: dict) -> ChunkResult:
     """K candidates per (user, target) over the (seed, w) grid; PNGs stored before the commit."""
     res = ChunkResult(tables={"generations": []})
-    grid = conditioning.candidate_grid(p["candidates"], weights=tuple(p["weights"]))
-    # Without preference keywords the weight changes nothing: vary the seed so candidates differ.
-    seed_grid = conditioning.candidate_grid(p["candidates"], weights=(1.0,))
     negative = conditioning.negative_prompt("movie")
     jobs = []  # one per image: (row index, candidate, segments, seed)
     for i, r in enumerate(rows):
         target_kw = conditioning.target_keywords(r["title"], r["target_item_keywords"])
-        for c in (grid if r["pref_keywords"] else seed_grid):
+        for c in conditioning.candidates_for(r["pref_keywords"], p["candidates"], p["weights"]):
             segments = conditioning.sd_prompt_segments(target_kw, r["pref_keywords"], c.w)
             seed = conditioning.candidate_seed(p["seed"], r["user_id"], r["target_movie_id"], c.seed_slot)
             jobs.append((i, c, segments, seed, r.get("soft_path")))

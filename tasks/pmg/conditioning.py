@@ -101,6 +101,11 @@ def candidate_grid(k: int = 2, seeds: Sequence[int] = (0,), weights: Sequence[fl
     return [Candidate(i, s, w) for i, (s, w) in enumerate(pairs)]
 
 
+def candidates_for(pref_keywords: Sequence[str], k: int, weights: Sequence[float] = DEFAULT_WEIGHTS) -> list[Candidate]:
+    """The candidate grid for one user: without preference keywords the weight changes nothing, so vary the seed."""
+    return candidate_grid(k, weights=tuple(weights) if pref_keywords else (1.0,))
+
+
 def candidate_seed(base_seed: int, user_id, movie_id, k: int) -> int:
     """Seed of seed slot `k` for (user, target): a sha256 of the four values, stable across runs and machines."""
     key = f"pmg-seed-1:{int(base_seed)}:{user_id}:{movie_id}:{int(k)}".encode("utf-8")

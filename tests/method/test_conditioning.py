@@ -112,3 +112,12 @@ def test_token_weighting():
 
 
 GOLDEN_SEED = 1995084371
+
+
+def test_candidates_without_keywords_vary_the_seed():
+    from tasks.pmg.conditioning import candidates_for
+
+    with_kw = candidates_for(["noir"], 2, (1.0, 2.0))
+    assert [(c.seed_slot, c.w) for c in with_kw] == [(0, 1.0), (0, 2.0)]
+    without = candidates_for([], 2, (1.0, 2.0))
+    assert [(c.seed_slot, c.w) for c in without] == [(0, 1.0), (1, 1.0)]
