@@ -32,8 +32,39 @@ def make_tiny_models(warehouse: Path) -> list[str]:
     return made
 
 
+DEMO_MARK = "# written by pmg demo"
+RANDOM_DEFAULTS = {"steps": 4, "size": 64, "candidates": 2}  # random weights: keep the run short
+
+
+def world_config(warehouse: Path) -> Path:
+    """<warehouse>/pmg.toml naming the shipped miniature-world models (checked against their pinned SHA-256).
+
+    A pmg.toml the user wrote is left alone and used as it is.
+    """
+    from tasks.miniworld import shipped
+
+    shipped.verify()
+    path = warehouse / CONFIG_NAME
+    if not path.exists() or path.read_text(encoding="utf-8").startswith(DEMO_MARK):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(DEMO_MARK + "\n" + shipped.config_text(), encoding="utf-8")
+    return path
+
+
+def random_config(warehouse: Path) -> Path:
+    """A config naming the tiny random-weight models (made once under <warehouse>/models/tiny)."""
+    make_tiny_models(warehouse)
+    cfg = tiny_defaults(warehouse)
+    path = warehouse / "models" / "tiny" / CONFIG_NAME
+    path.write_text(f'{DEMO_MARK}\n[models]\nllm = "{cfg.llm.resolve()}"\nsd = "{cfg.sd.resolve()}"\n'
+                    f'clip = "{cfg.clip.resolve()}"\n', encoding="utf-8")
+    return path
+
+
 def run(warehouse: Path, args, out=sys.stdout) -> int:
     import os
+
+    import pandas as pd
 
     from flows import prefect_env
 
@@ -43,24 +74,38 @@ def run(warehouse: Path, args, out=sys.stdout) -> int:
     prefect_env.configure(warehouse, quiet=not args.debug)
     from flows.backfill import backfill
     from flows.gallery import write_gallery
+    from tasks.miniworld import posters
     from warehouse.ingest import ingest
     from warehouse.synth import synthesize
 
     w = out.write
+    world = not getattr(args, "random_models", False)
     data = warehouse / "demo-data"
     w(f"1/5 synthetic MovieLens data ({args.users} users, {args.movies} movies) -> {data}\n")
     if not (data / "ratings.csv").exists():
         synthesize(data, users=args.users, movies=args.movies, ratings=args.users * 40, seed=0)
-    w(f"2/5 tiny random-weight models -> {warehouse / 'models' / 'tiny'}\n")
-    make_tiny_models(warehouse)
+    overrides = {k: getattr(args, k, None) for k in RANDOM_DEFAULTS}
+    if world:
+        config = world_config(warehouse)
+        movies = pd.read_csv(data / "movies.csv")
+        poster_dir = warehouse / "posters"
+        posters.render_movie_posters(((int(m), str(g).split("|")) for m, g in zip(movies.movieId, movies.genres)),
+                                     poster_dir, size=32)
+        w(f"2/5 models: the miniature world's trained tiny Llama, SD and CLIP ({config}); "
+          f"the movies' world posters -> {poster_dir}\n")
+    else:
+        config = random_config(warehouse)
+        overrides = {k: v if v is not None else RANDOM_DEFAULTS[k] for k, v in overrides.items()}
+        w(f"2/5 tiny random-weight models -> {warehouse / 'models' / 'tiny'}\n")
     report = ingest(data, warehouse)
     w(f"3/5 ingest: {report.rows_loaded} rows loaded, {report.rows_rejected} rejected"
       f"{' (already ingested)' if report.skipped_same_source else ''}\n")
     w("4/5 backfill with each user's held-out liked movie as the target\n")
     out.flush()
+    size = overrides["size"]
     result = _run_flow(warehouse, args.debug, backfill, warehouse=str(warehouse), targets="holdout",
-                       candidates=args.candidates, steps=args.steps, height=args.size, width=args.size,
-                       chunk_size=8)
+                       candidates=overrides["candidates"], steps=overrides["steps"], height=size, width=size,
+                       chunk_size=8, config=str(config))
     gallery = Path(result["gallery"]) if result.get("gallery") else warehouse / "gallery" / "index.html"
     n = write_gallery(warehouse, gallery)  # the backfill wrote it already; this also gives the user count
     w(f"5/5 gallery: {gallery.resolve()} ({n} users)\n")
@@ -68,8 +113,15 @@ def run(warehouse: Path, args, out=sys.stdout) -> int:
     w("\nTry:\n")
     for q in EXAMPLE_SQL:
         w(f"  pmg --warehouse {warehouse} sql \"{q}\"\n")
-    w("\nNote: the demo uses tiny models with random weights, so keywords are gibberish and the images are\n"
-      "placeholders (noise). For real posters, write " f"{warehouse / CONFIG_NAME} naming real checkpoints:\n\n")
+    if world:
+        w("\nThe models are the miniature world's (weights/miniworld, made by `pmg train-miniworld`): posters are\n"
+          "procedural, a genre sets the background colour, a motif and an accent colour. A personalized poster\n"
+          "keeps its target's background and takes the motif and accent of the user's favourite genres. The\n"
+          f"gallery shows them; the real world posters are in {warehouse / 'posters'}.\n")
+    else:
+        w("\nNote: --random-models uses tiny models with random weights, so keywords are gibberish and the images\n"
+          "are placeholders (noise).\n")
+    w(f"For real posters, write {warehouse / CONFIG_NAME} naming real checkpoints:\n\n")
     w("".join("  " + line + "\n" for line in CONFIG_EXAMPLE.splitlines()))
     w("\nthen run `pmg backfill --targets holdout` (or `--movie ID`); unchanged work is skipped.\n")
     return 0

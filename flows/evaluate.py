@@ -71,14 +71,15 @@ def generate_images(pipe, jobs: list[E.Job], soft_emb: np.ndarray | None, steps:
 
 
 def clip_scores(model, pairs: list[E.Pair], item_kw, images: list[np.ndarray], jobs: list[E.Job],
-                posters: Path | None, poster_emb: dict) -> list[dict]:
+                posters: Path | None, poster_emb: dict, with_title: bool = True) -> list[dict]:
     """Per job: d_p_text, d_t_text and (posters permitting) d_p_image, d_t_image as CLIP 100·cos.
 
     `poster_emb` caches poster embeddings (movie id -> vector or None) across chunks.
     """
     used = sorted({j.pair for j in jobs})
     col = {i: n for n, i in enumerate(used)}
-    texts = [t for i in used for t in scoring.clip_texts(E.target_kw(pairs[i], item_kw), pairs[i].pref_keywords or [])]
+    texts = [t for i in used
+             for t in scoring.clip_texts(E.target_kw(pairs[i], item_kw, with_title), pairs[i].pref_keywords or [])]
     movies = sorted({m for i in used for m in [pairs[i].target_movie_id] + [h["movie_id"] for h in pairs[i].history]})
     todo = [m for m in movies if m not in poster_emb]
     found = {m: E.read_poster(posters, m) for m in todo} if posters is not None else {}
@@ -106,7 +107,7 @@ def score_chunk(pipe, clip_model, pairs, item_kw, jobs: list[E.Job], soft_emb, p
                 run_id: str, poster_emb: dict, o: dict) -> list[dict]:
     """Generate, save and score the images of some jobs; returns their raw rows (before α selection)."""
     images = generate_images(pipe, jobs, soft_emb, o["steps"], o["size"], o["guidance"], o["w_soft"])
-    sims = clip_scores(clip_model, pairs, item_kw, images, jobs, posters, poster_emb)
+    sims = clip_scores(clip_model, pairs, item_kw, images, jobs, posters, poster_emb, o["with_title"])
     rows = []
     for j, img, s in zip(jobs, images, sims):
         p = pairs[j.pair]
@@ -240,7 +241,8 @@ def _null(x):
 def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | None = None, config: str | None = None,
                  llm: str | None = None, sd: str | None = None, clip: str | None = None,
                  alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.667, 0.75, 1.0), alpha: float = scoring.DEFAULT_ALPHA,
-                 candidates: int = 2, steps: int = 20, size: int | None = None, guidance: float = 7.5,
+                 candidates: int | None = None, steps: int | None = None, size: int | None = None,
+                 guidance: float | None = None,
                  w_soft: float = 1.0, seed: int = 0, limit_users: int | None = None, lpips_weights: str | None = None,
                  out: str | None = None, run_id: str | None = None, n_history: int = 5,
                  prompt_style: str = "vicuna") -> dict:
@@ -250,13 +252,20 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
 
     if lpips_weights and not posters:
         raise ValueError("--lpips-weights needs --posters: LPIPS compares the images with the target and history posters")
+    models = resolve_models(warehouse, config, llm=llm, sd=sd, clip=clip, soft_prompt=soft_prompt)
+    method = models["method"]  # the model config's [method] defaults; arguments given here win
+    candidates = int(candidates if candidates is not None else method.get("candidates", 2))
+    steps = int(steps if steps is not None else method.get("steps", 20))
+    guidance = float(guidance if guidance is not None else method.get("guidance", 7.5))
+    size = size or method.get("height")
+    with_title = bool(method.get("title_in_prompt", True))
+    n_item, n_pref = int(method.get("n_item_keywords", 10)), int(method.get("n_pref_keywords", 8))
     if candidates < 1 or steps < 1:
         raise ValueError("--candidates and --steps must be at least 1")
     posters_dir = Path(posters) if posters else None
     if posters_dir is not None and not posters_dir.is_dir():
         raise ValueError(f"posters directory {posters_dir} does not exist; pass --posters DIR with <movieId>.png files")
     alphas, alpha = headline_alpha(alphas, alpha)
-    models = resolve_models(warehouse, config, llm=llm, sd=sd, clip=clip, soft_prompt=soft_prompt)
     run_id = run_id or new_run_id("evaluate")
     out_dir = Path(out) if out else Path(warehouse) / "evaluations" / run_id
     lpips_model = None
@@ -278,8 +287,8 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
         raise ValueError(f"no held-out pairs: none of the {pairset.stats['users']} users has a liked movie to hold out "
                          "and a history left; ingest more ratings")
     made_items = E.fill_item_keywords(lm, pairset, [p.target_movie_id for p in pairs] + E.history_movie_ids(pairs),
-                                      style=prompt_style, seed=seed)
-    made_prefs = E.fill_preferences(lm, pairset, style=prompt_style, seed=seed)
+                                      n=n_item, style=prompt_style, seed=seed)
+    made_prefs = E.fill_preferences(lm, pairset, n=n_pref, style=prompt_style, seed=seed)
     notes.append(f"Keywords: {made_items} movies' poster keywords and {made_prefs} users' preference keywords were "
                  "generated for this run (the rest came from the warehouse).")
 
@@ -303,8 +312,9 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
                      "variant was skipped, and PMG full without its soft part is the 'keywords only' row.")
 
     size = int(size or pipe.default_size)
-    jobs = E.plan_jobs(pairs, item_kw, variants, candidates, seed)
-    opts = {"steps": steps, "size": size, "guidance": guidance, "w_soft": w_soft, "lpips": lpips_model}
+    jobs = E.plan_jobs(pairs, item_kw, variants, candidates, seed, with_title=with_title)
+    opts = {"steps": steps, "size": size, "guidance": guidance, "w_soft": w_soft, "lpips": lpips_model,
+            "with_title": with_title}
     base, poster_emb = [], {}
     for start in range(0, len(pairs), PAIR_CHUNK):  # bounded memory: images live for one chunk of pairs
         part = [j for j in jobs if start <= j.pair < start + PAIR_CHUNK]

@@ -8,6 +8,7 @@ folder can be moved or served as it is (e.g. `python -m http.server -d FOLDER`).
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import os
 import shutil
@@ -27,7 +28,8 @@ h2{font-size:1.1em;margin:.2em 0}h3{font-size:1em;margin:.8em 0 .3em}
 .kw{color:#555}.hist{font-size:.9em;color:#444}
 figure{display:inline-block;margin:0 .8em .8em 0;text-align:center;font-size:12px;vertical-align:top}
 img{width:128px;height:128px;image-rendering:pixelated;border:4px solid #eee}
-.sel img{border-color:#2a2}.sel figcaption b{color:#2a2}"""
+.sel img{border-color:#2a2}.sel figcaption b{color:#2a2}
+.own img{border:3px dashed #888}.own.small img{width:48px;height:48px}.own.small figcaption{display:none}"""
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,9 @@ def _header(run_id, shown: int, total: int, page: Page, n_pages: int) -> str:
     capped = f" (the first {shown} of {total} users)" if total > shown else ""
     return (f"<header><h1>Personalized posters</h1><p>{scope}: {shown} users{capped}, page {page.number} of "
             f"{n_pages}. Green border: the selected candidate (highest z = α·log d_p + (1−α)·log d_t); d_p: "
-            "similarity to the user's preferences, d_t: to the target. Tiny random-weight models make "
-            "placeholder images.</p></header>")
+            "similarity to the user's preferences, d_t: to the target. Dashed border: the movie's own poster, "
+            "when the warehouse has a posters/ folder. Tiny random-weight models make placeholder "
+            "images.</p></header>")
 
 
 def _nav(out: Path, number: int, n_pages: int) -> str:
@@ -114,18 +117,21 @@ def _nav(out: Path, number: int, n_pages: int) -> str:
 def _user_section(rows: list[dict], titles: dict, root: Path, images_dir: Path, page_dir: Path) -> str:
     e = html.escape
     first = rows[0]
-    history = "; ".join(e(titles.get(m) or str(m)) for m in (first["history_movie_ids"] or []))
+    history_ids = first["history_movie_ids"] or []
+    history = "; ".join(e(titles.get(m) or str(m)) for m in history_ids)
     prefs = ", ".join(first["preference_keywords"] or [])
     targets: dict[int, list[dict]] = {}
     for r in rows:
         targets.setdefault(r["target_movie_id"], []).append(r)
     parts = [f'<section id="user-{first["user_id"]}"><h2>User {first["user_id"]}</h2>',
              f'<p class="hist">history: {history or "—"}</p>',
+             "".join(_own_poster(m, titles, root, images_dir, page_dir, 48) for m in history_ids),
              f'<p class="kw">preference keywords: {e(prefs) or "—"}</p>']
     for movie_id, cands in targets.items():
         title = titles.get(movie_id) or cands[0]["title"] or str(movie_id)
         parts.append(f'<h3>target: {e(title)} <span class="kw">({e(", ".join(cands[0]["target_keywords"] or []))})'
                      "</span></h3>")
+        parts.append(_own_poster(movie_id, titles, root, images_dir, page_dir, 128))
         parts += [_figure(c, root, images_dir, page_dir) for c in cands]
     parts.append("</section>")
     return "\n".join(parts)
@@ -139,6 +145,18 @@ def _figure(c: dict, root: Path, images_dir: Path, page_dir: Path) -> str:
     return (f'<figure class="{"sel" if c["selected"] else "cand"}"><img src="{html.escape(src)}" '
             f'alt="candidate {c["candidate"]}" width="128" height="128"><figcaption>#{c["candidate"]} '
             f"w={c['weight']:g} seed={c['seed']}<br>{scores}{mark}</figcaption></figure>")
+
+
+def _own_poster(movie_id: int, titles: dict, root: Path, images_dir: Path, page_dir: Path, size: int) -> str:
+    """The movie's own poster from <warehouse>/posters/<id>.png (e.g. the miniature world's), if there is one."""
+    source = root / "posters" / f"{int(movie_id)}.png"
+    if not source.is_file():
+        return ""
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    src = os.path.relpath(_place_image(source, images_dir, sha), page_dir)
+    title = html.escape(titles.get(movie_id) or str(movie_id))
+    return (f'<figure class="own{" small" if size < 128 else ""}"><img src="{html.escape(src)}" alt="poster of {title}" width="{size}" '
+            f'height="{size}"><figcaption>{title}</figcaption></figure>')
 
 
 def _place_image(source: Path, images_dir: Path, sha256: str) -> Path:

@@ -13,7 +13,7 @@ DEFAULTS = {
     "candidates": 2, "alpha": scoring.DEFAULT_ALPHA, "steps": 20, "guidance": 7.5, "height": 512, "width": 512,
     "seed": 0, "chunk_size": 16, "image_batch": 4, "n_history": 5, "n_pref_keywords": 8, "n_item_keywords": 10,
     "max_new_tokens_pref": 64, "max_new_tokens_item": 48, "prompt_style": "vicuna",
-    "weights": list(conditioning.DEFAULT_WEIGHTS), "soft_scale": 1.0,
+    "weights": list(conditioning.DEFAULT_WEIGHTS), "soft_scale": 1.0, "title_in_prompt": True,
 }
 
 
@@ -22,7 +22,7 @@ def resolve(warehouse, overrides: dict, config: str | None = None) -> tuple[dict
     cfg = load_config(Path(warehouse), config)
     check_dirs(cfg)
     os.environ.setdefault("PMG_DEVICE", cfg.device)
-    p = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    p = {**DEFAULTS, **cfg.method, **{k: v for k, v in overrides.items() if v is not None}}
     _check(p)
     checkpoints = {"llm": resources.fingerprint(cfg.llm), "sd": resources.fingerprint(cfg.sd),
                    "clip": resources.fingerprint(cfg.clip)}

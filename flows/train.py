@@ -28,12 +28,14 @@ def new_run_id(kind: str) -> str:
     return f"{kind}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(2)}"
 
 
-def resolve_models(warehouse, config: str | None = None, **overrides) -> dict[str, Path | None]:
-    """Checkpoint directories: explicit --llm/--sd/--clip/--soft-prompt win over the model config."""
+def resolve_models(warehouse, config: str | None = None, **overrides) -> dict:
+    """Checkpoint directories (explicit --llm/--sd/--clip/--soft-prompt win over the model config) and the
+    config's [method] defaults under "method"."""
     cfg = load_config(Path(warehouse), config)
     out = {k: Path(overrides[k]) if overrides.get(k) else getattr(cfg, k) for k in ("llm", "sd", "clip")}
     soft = overrides.get("soft_prompt") or cfg.soft_prompt
     out["soft_prompt"] = Path(soft) if soft else None
+    out["method"] = dict(cfg.method)
     for name in ("llm", "sd", "clip"):
         if name in overrides and not Path(out[name]).is_dir():
             raise ValueError(f"{name} checkpoint directory {out[name]} does not exist (from {cfg.source}); pass "
@@ -58,7 +60,8 @@ def record_run(warehouse, run_id: str, kind: str, params: dict, checkpoints: dic
         publish(con, Path(warehouse), ["runs", *tables])
 
 
-def training_examples(warehouse, posters: Path, lm, limit_users: int | None, n_history: int, style: str, seed: int):
+def training_examples(warehouse, posters: Path, lm, limit_users: int | None, n_history: int, style: str, seed: int,
+                      method: dict | None = None):
     """(examples, stats): every held-out pair whose target poster exists, with its texts and poster."""
     from pmg_models.soft_prompt_train import Example
     from warehouse.db import connect_reader
@@ -66,12 +69,15 @@ def training_examples(warehouse, posters: Path, lm, limit_users: int | None, n_h
     with connect_reader(Path(warehouse)) as con:
         pairset = evaluation.select_pairs(con, posters, limit_users, n_history, style, require_poster=True)
     pairs = pairset.pairs
+    method = method or {}
+    with_title = bool(method.get("title_in_prompt", True))
     generated = evaluation.fill_item_keywords(
-        lm, pairset, [p.target_movie_id for p in pairs] + evaluation.history_movie_ids(pairs), style=style, seed=seed)
+        lm, pairset, [p.target_movie_id for p in pairs] + evaluation.history_movie_ids(pairs),
+        n=int(method.get("n_item_keywords", 10)), style=style, seed=seed)
     from tasks.pmg import conditioning
 
     examples = [Example(p.key, evaluation.soft_text(p, pairset.item_keywords, style),
-                        conditioning.sd_prompt_segments(evaluation.target_kw(p, pairset.item_keywords), [], 0.0),
+                        conditioning.sd_prompt_segments(evaluation.target_kw(p, pairset.item_keywords, with_title), [], 0.0),
                         evaluation.read_poster(posters, p.target_movie_id)) for p in pairs]
     return examples, {**pairset.stats, "item_keywords_generated": generated}
 
@@ -96,7 +102,8 @@ def train_soft_prompt_run(warehouse: str, posters: str, out: str, config: str | 
     models = resolve_models(warehouse, config, llm=llm, sd=sd)
     lm, pipe = resources.llm(models["llm"]), resources.sd(models["sd"])
     version = prompts.prompt_version(prompt_style)
-    examples, stats = training_examples(warehouse, posters_dir, lm, limit_users, n_history, prompt_style, seed)
+    examples, stats = training_examples(warehouse, posters_dir, lm, limit_users, n_history, prompt_style, seed,
+                                        models["method"])
     if not examples:
         raise ValueError(f"no training pairs: none of the {stats['users']} users has a held-out liked movie with a "
                          f"poster in {posters_dir} ({stats['without_poster']} targets lack one); render posters first")

@@ -8,6 +8,8 @@
     soft_prompt = ""                           # optional trained soft prompt (.safetensors file)
     [runtime]
     device = "cpu"                             # passed to PMG_DEVICE (see pmg_models/runtime.py)
+    [method]                                   # optional defaults that suit these checkpoints (CLI flags win)
+    steps = 20                                 # any of METHOD_KEYS below
 
 Relative paths are read relative to the file's directory.
 """
@@ -15,11 +17,14 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CONFIG_NAME = "pmg.toml"
 TINY_DIR = Path("models") / "tiny"
+# Method settings a config may default (e.g. small models trained without titles in their captions).
+METHOD_KEYS = ("candidates", "alpha", "steps", "guidance", "height", "width", "n_history", "n_pref_keywords",
+               "n_item_keywords", "prompt_style", "weights", "soft_scale", "title_in_prompt")
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class ModelConfig:
     soft_prompt: Path | None = None  # trained soft-prompt file (pmg_models.soft_prompt); None = keywords only
     device: str = "cpu"
     source: str = "default (tiny random-weight models)"
+    method: dict = field(default_factory=dict)  # [method] defaults, keys from METHOD_KEYS
 
     def as_dict(self) -> dict:
         return {"llm": str(self.llm), "sd": str(self.sd), "clip": str(self.clip),
@@ -74,8 +80,15 @@ def _from_dict(data: dict, path: Path) -> ModelConfig:
 
     soft = models.get("soft_prompt") or None
     device = str(data.get("runtime", {}).get("device", "cpu")).lower()
+    method = data.get("method", {})
+    if not isinstance(method, dict):
+        raise ValueError(f"model config {path}: [method] must be a table of settings")
+    unknown = sorted(set(method) - set(METHOD_KEYS))
+    if unknown:
+        raise ValueError(f"model config {path}: unknown key(s) {unknown} in [method]; use {', '.join(METHOD_KEYS)}")
     return ModelConfig(llm=resolve(models["llm"]), sd=resolve(models["sd"]), clip=resolve(models["clip"]),
-                       soft_prompt=resolve(soft) if soft else None, device=device, source=str(path))
+                       soft_prompt=resolve(soft) if soft else None, device=device, source=str(path),
+                       method=dict(method))
 
 
 def check_dirs(cfg: ModelConfig) -> None:

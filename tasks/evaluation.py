@@ -144,8 +144,8 @@ def soft_text(pair: Pair, item_kw: dict[int, list[str]], style: str = "vicuna") 
     return prompts.build_soft_prompt(items_text(pair, item_kw), style)
 
 
-def target_kw(pair: Pair, item_kw: dict[int, list[str]]) -> list[str]:
-    return conditioning.target_keywords(pair.title, item_kw.get(pair.target_movie_id))
+def target_kw(pair: Pair, item_kw: dict[int, list[str]], with_title: bool = True) -> list[str]:
+    return conditioning.target_keywords(pair.title, item_kw.get(pair.target_movie_id), with_title=with_title)
 
 
 # ---------------------------------------------------------------------------------- evaluation
@@ -162,7 +162,7 @@ class Job:
 
 
 def plan_jobs(pairs: Sequence[Pair], item_kw, variants: Sequence[str], k: int, base_seed: int,
-              weights: Sequence[float] = conditioning.DEFAULT_WEIGHTS) -> list[Job]:
+              weights: Sequence[float] = conditioning.DEFAULT_WEIGHTS, with_title: bool = True) -> list[Job]:
     """K candidates per (variant, pair).
 
     Keyword variants (pmg, keywords) use the pipeline's grid (seed slot, w): with K = 2 the original's
@@ -174,7 +174,7 @@ def plan_jobs(pairs: Sequence[Pair], item_kw, variants: Sequence[str], k: int, b
     for v in variants:
         with_kw = v in ("pmg", "keywords")
         for i, p in enumerate(pairs):
-            tkw = target_kw(p, item_kw)
+            tkw = target_kw(p, item_kw, with_title)
             for c in (grid if with_kw else [conditioning.Candidate(j, j, 0.0) for j in range(k)]):
                 segs = conditioning.sd_prompt_segments(tkw, (p.pref_keywords or []) if with_kw else [], c.w)
                 seed = conditioning.candidate_seed(base_seed, p.user_id, p.target_movie_id, c.seed_slot)

@@ -69,7 +69,8 @@ def generation_inputs(con, pairs: list[tuple[int, int]], p: dict) -> list[dict]:
         # user and target are inputs too: they pick the seeds
         fp = fingerprint("gen", user_id, movie_id, p["checkpoints"]["sd"], titles.get(movie_id, ""), kw[movie_id], prefs[user_id],
                          p["candidates"], p["weights"], p["steps"], p["guidance"], p["height"], p["width"],
-                         p["seed"], conditioning.negative_prompt("movie"), soft.get(user_id), p["soft_scale"])
+                         p["seed"], conditioning.negative_prompt("movie"), soft.get(user_id), p["soft_scale"],
+                         p.get("title_in_prompt", True))
         out.append({"key": f"{user_id}:{movie_id}", "fingerprint": fp, "user_id": user_id,
                     "target_movie_id": movie_id, "title": titles.get(movie_id, ""),
                     "target_item_keywords": kw[movie_id], "pref_keywords": prefs[user_id],
@@ -91,7 +92,8 @@ def score_inputs(con, pairs: list[tuple[int, int]], p: dict) -> list[dict]:
     titles = {m: t for m, t, _ in _lookup(con, "pipeline_movies", "ids", _ids(targets, "movie_id"))}
     out = []
     for (user_id, movie_id), g in sorted(gens.items()):
-        target_text = ", ".join(conditioning.target_keywords(titles.get(movie_id, ""), kw.get(movie_id, [])))
+        target_text = ", ".join(conditioning.target_keywords(titles.get(movie_id, ""), kw.get(movie_id, []),
+                                                             with_title=p.get("title_in_prompt", True)))
         pref_text = ", ".join(prefs.get(user_id, []))
         fp = fingerprint("score", p["checkpoints"]["clip"], p["alpha"], [(x["generation_id"], x["sha"]) for x in g],
                          target_text, pref_text)

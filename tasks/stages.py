@@ -153,7 +153,8 @@ def generate(rows: list[dict], p: dict) -> ChunkResult:
     negative = conditioning.negative_prompt("movie")
     jobs = []  # one per image: (row index, candidate, segments, seed)
     for i, r in enumerate(rows):
-        target_kw = conditioning.target_keywords(r["title"], r["target_item_keywords"])
+        target_kw = conditioning.target_keywords(r["title"], r["target_item_keywords"],
+                                                 with_title=p.get("title_in_prompt", True))
         for c in conditioning.candidates_for(r["pref_keywords"], p["candidates"], p["weights"]):
             segments = conditioning.sd_prompt_segments(target_kw, r["pref_keywords"], c.w)
             seed = conditioning.candidate_seed(p["seed"], r["user_id"], r["target_movie_id"], c.seed_slot)

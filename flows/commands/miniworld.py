@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-STAGE_NAMES = ("classifier", "clip", "sd", "llama")
+STAGE_NAMES = ("classifier", "clip", "sd", "llama", "soft_prompt")
 
 
 def register(sub) -> None:

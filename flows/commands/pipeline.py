@@ -26,12 +26,15 @@ def register(sub) -> None:
     p.add_argument("--config", help="model config TOML (default <warehouse>/pmg.toml or tiny models)")
     p.set_defaults(handler=cmd_nightly)
 
-    p = sub.add_parser("demo", help="synthesize data, make tiny models, ingest, backfill, write a gallery")
+    p = sub.add_parser("demo", help="synthesize data, ingest, backfill with the miniature world's trained models, "
+                                    "write a gallery")
     p.add_argument("--users", type=int, default=30, help="synthetic users (default 30)")
     p.add_argument("--movies", type=int, default=200, help="synthetic movies (default 200)")
-    p.add_argument("--steps", type=int, default=4, help="diffusion steps (default 4)")
-    p.add_argument("--size", type=int, default=64, help="image height and width (default 64)")
-    p.add_argument("--candidates", type=int, default=2, help="candidates per (user, target) (default 2)")
+    p.add_argument("--steps", type=int, help="diffusion steps (default: the models' [method]; 4 with --random-models)")
+    p.add_argument("--size", type=int, help="image height and width (default: 32; 64 with --random-models)")
+    p.add_argument("--candidates", type=int, help="candidates per (user, target) (default 2)")
+    p.add_argument("--random-models", action="store_true",
+                   help="tiny random-weight models instead of the shipped miniature world (noise images)")
     p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser("gallery", help="write an HTML page of users, keywords, candidates and chosen posters")

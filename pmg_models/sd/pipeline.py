@@ -30,7 +30,7 @@ import mindspore as ms
 from mindspore import ops
 
 from pmg_models import checkpoint, runtime
-from pmg_models.sd import weights
+from pmg_models.sd import codec, weights
 from pmg_models.sd.schedulers import Scheduler, make_scheduler
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,9 @@ class StableDiffusion:
         sched_cfg = _read_json(directory / "scheduler" / "scheduler_config.json")
         text = CLIPTextModel.from_pretrained(directory / "text_encoder")
         if mindone_ckpt is None:
-            unet, vae = weights.load_unet(directory / "unet"), weights.load_vae(directory / "vae")
+            vae_dir = directory / "vae"
+            vae = codec.load_codec(vae_dir) if codec.is_codec_dir(vae_dir) else weights.load_vae(vae_dir)
+            unet = weights.load_unet(directory / "unet")
         else:
             unet = UNet2DConditionModel(UNetConfig.from_json(directory / "unet" / "config.json"))
             vae = AutoencoderKL(VAEConfig.from_json(directory / "vae" / "config.json"))

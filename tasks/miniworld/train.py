@@ -3,8 +3,10 @@
 Stages, in order (each writes its own folder under OUT and its `train_metrics.json`):
   classifier/  the independent evaluation CNN (classifier.py; evaluation only, never trains a generator)
   clip/        tiny CLIP, HF CLIPModel layout (train_clip.py)
-  sd/          tiny SD, diffusers layout with the pixel-unshuffle codec as vae/ (train_sd.py, codec.py)
-  llama/       tiny preference-keyword Llama, HF layout (train_llama.py)
+  sd/          tiny SD, diffusers layout with the pixel-unshuffle codec as vae/ (train_sd.py, pmg_models/sd/codec.py)
+  llama/       tiny preference- and item-keyword Llama, HF layout (train_llama.py)
+  soft_prompt/ the soft prompt's training warehouse, posters and run (train_soft.py); the trained file is
+               OUT/soft_prompt.safetensors
 OUT/metrics.json is rewritten after every stage: per-stage metrics, the gates of issue 8, the smoke checks
 (losses fell, loaded shapes match) and timings. A stage left out of `stages` keeps its earlier folder and
 metrics, so a run can be completed or redone stage by stage.
@@ -22,8 +24,9 @@ import numpy as np
 from tasks.miniworld.train_clip import ClipStageConfig, train_clip
 from tasks.miniworld.train_llama import LlamaStageConfig, train_llama
 from tasks.miniworld.train_sd import SDStageConfig, train_sd
+from tasks.miniworld.train_soft import SoftStageConfig, train_soft
 
-STAGES = ("classifier", "clip", "sd", "llama")
+STAGES = ("classifier", "clip", "sd", "llama", "soft_prompt")
 # gate name → (stage, metric, threshold); thresholds from issue 8.
 GATES = {
     "clip_retrieval_top1": ("clip", "retrieval_top1_all", 0.85),
@@ -40,12 +43,13 @@ class WorldConfig:
     clip: ClipStageConfig = field(default_factory=ClipStageConfig)
     sd: SDStageConfig = field(default_factory=SDStageConfig)
     llama: LlamaStageConfig = field(default_factory=LlamaStageConfig)
+    soft: SoftStageConfig = field(default_factory=SoftStageConfig)
     smoke: bool = False
 
     @classmethod
     def smoke_config(cls) -> "WorldConfig":
         return cls(classifier_steps=30, classifier_batch=64, clip=ClipStageConfig.smoke(), sd=SDStageConfig.smoke(),
-                   llama=LlamaStageConfig.smoke(), smoke=True)
+                   llama=LlamaStageConfig.smoke(), soft=SoftStageConfig.smoke(), smoke=True)
 
 
 def gates(stage_metrics: dict) -> dict:
@@ -69,9 +73,9 @@ def check_shapes(out: Path, stage_metrics: dict) -> dict:
         img = model.encode_image([np.zeros((32, 32, 3), np.uint8)])
         checks["clip_shapes"] = emb.shape == (1, model.projection_dim) and img.shape == emb.shape
     if "sd" in stage_metrics:
-        from tasks.miniworld import codec
+        from pmg_models.sd.pipeline import StableDiffusion
 
-        pipe = codec.load_pipeline(out / "sd")
+        pipe = StableDiffusion.from_pretrained(out / "sd")
         images = pipe.generate(["movie poster, horror, darkred, black, triangles"], [0], steps=2, guidance=3.0)
         checks["sd_shapes"] = images.shape == (1, 32, 32, 3) and images.dtype == np.uint8
     if "llama" in stage_metrics:
@@ -136,8 +140,10 @@ def train_miniworld(out_dir, seed: int = 0, smoke: bool = False, stages=STAGES, 
         elif stage == "sd":
             # Looked up when the SD evaluation starts: the classifier may still be training in another process.
             m = train_sd(out / "sd", out / "clip", seed, cfg.sd, out / "classifier", say)
-        else:
+        elif stage == "llama":
             m = train_llama(out / "llama", seed, cfg.llama, say)
+        else:
+            m = train_soft(out / "soft_prompt", out, seed, cfg.soft, say)
         metrics["stages"][stage] = m
         metrics["seconds"][stage] = round(time.perf_counter() - t0, 1)
         say(f"[{stage}] done in {metrics['seconds'][stage]:.0f} s: "

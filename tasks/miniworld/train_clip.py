@@ -25,7 +25,7 @@ from pmg_models.clip import causal_mask, pooled_positions
 from pmg_models.clip_tiny import text_tensors, vision_tensors
 from pmg_models.clip_tokenizer import write_tiny_tokenizer
 from tasks.miniworld import posters, world
-from tasks.miniworld.train_common import Progress, adamw, all_captions, falling, lr_schedule, make_step
+from tasks.miniworld.train_common import Progress, adamw, all_captions, falling, half, lr_schedule, make_step
 
 TRAIN_TOKENS = 32          # every world caption is at most 28 BPE tokens + bos/eos
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -123,7 +123,7 @@ def same_caption_targets(captions: list[str]) -> np.ndarray:
 def save(model: CLIPModel, hf: dict, image_cfg: ImageProcessorConfig, directory: Path) -> None:
     tensors = {p.name: p.asnumpy() for p in model.net.get_parameters()}
     tensors["logit_scale"] = tensors["logit_scale"].reshape(())  # HF keeps it 0-d; the optimizer may not
-    checkpoint.save_safetensors(directory / "model.safetensors", tensors, metadata={"format": "pt"})
+    checkpoint.save_safetensors(directory / "model.safetensors", half(tensors), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(hf, indent=2))
     (directory / "preprocessor_config.json").write_text(json.dumps(image_cfg.to_hf(), indent=2))
 

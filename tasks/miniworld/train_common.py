@@ -79,6 +79,14 @@ class EMA:
         return {p.name: s for p, s in zip(self.params, self.shadow)}
 
 
+def half(tensors: dict) -> dict:
+    """The tensors as float16, the shipped format (every loader casts to the dtype policy on load).
+
+    The stages evaluate their gates on the saved fp16 folders, so the gates measure what is shipped.
+    """
+    return {k: np.asarray(v).astype(np.float16) for k, v in tensors.items()}
+
+
 def falling(losses: Sequence[float]) -> dict:
     """First/last-quarter mean losses and whether the loss fell (the smoke check)."""
     q = max(1, len(losses) // 4)

@@ -1,8 +1,11 @@
-"""Stage 3 of the miniature world: a tiny Llama that writes a user's 8 preference keywords.
+"""Stage 3 of the miniature world: a tiny Llama that writes preference keywords and item keywords.
 
-Pairs are in the PMG method's own format: the preference prompt (`tasks.pmg.prompts.build_preference_prompt`)
-over a liked history serialized by `tasks.pmg.history.serialize_items`, answered with
-" 1. kw1 2. kw2 ... 8. kw8" and EOS. The loss is on the answer tokens only. Users come from the
+Pairs are in the PMG method's own format, the two prompts the pipeline sends: the preference prompt
+(`tasks.pmg.prompts.build_preference_prompt`) over a liked history serialized by
+`tasks.pmg.history.serialize_items`, answered with " 1. kw1 2. kw2 ... 8. kw8" and EOS; and the item
+prompt (`build_item_prompt`: title, genres, N_ITEM_KEYWORDS) answered with the keyword block of the
+genre the movie's poster takes its palette from. The loss is on the answer tokens only; batches are
+drawn from length buckets so short prompts are not padded to the longest. Users come from the
 synthetic MovieLens generator's taste model (`warehouse.synth.user_taste`: 2–3 liked genres); the label
 is the keyword blocks of the two most frequent genres of the history (ties: first appearance), a
 deterministic function of the prompt, as in the feasibility study (../shared/reference/miniworld.md §2.5).
@@ -21,13 +24,14 @@ from mindspore import ops
 
 from pmg_models import checkpoint, llama, runtime, tokenizers
 from tasks.miniworld import world
-from tasks.miniworld.train_common import Progress, adamw, falling, lr_schedule, make_step
+from tasks.miniworld.train_common import Progress, adamw, falling, half, lr_schedule, make_step
 from tasks.pmg.history import HistoryItem, serialize_items
 from tasks.pmg.keywords import parse_keywords
-from tasks.pmg.prompts import build_preference_prompt
+from tasks.pmg.prompts import build_item_prompt, build_preference_prompt
 from warehouse import synth
 
 N_KEYWORDS = 8
+N_ITEM_KEYWORDS = 4   # one genre block; the world's pmg.toml sets the pipeline's n_item_keywords to match
 HISTORY = 5
 
 
@@ -47,10 +51,14 @@ class LlamaStageConfig:
     intermediate: int = 416
     keywords_p: float = 0.5        # share of users whose history lists each movie's poster keywords
     style: str = "vicuna"
+    n_items: int = 6000            # item-keyword pairs (movies made up like the synthetic catalogue's)
+    n_eval_items: int = 100
+    buckets: int = 3               # length buckets of the training pairs
 
     @classmethod
     def smoke(cls) -> "LlamaStageConfig":
-        return cls(steps=30, batch=8, warmup=5, n_users=512, n_eval=8, hidden=64, layers=2, intermediate=172)
+        return cls(steps=30, batch=8, warmup=5, n_users=512, n_eval=8, hidden=64, layers=2, intermediate=172,
+                   n_items=128, n_eval_items=8)
 
 
 @dataclass(frozen=True)
@@ -100,15 +108,48 @@ def make_pair(seed: int, user_id: int, keywords_p: float, style: str) -> Pair:
     return Pair(prompt, answer, keywords)
 
 
-def tokenize(tok, pairs: list[Pair]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, attention mask, answer mask) (N, T); T is the longest pair; right padding with EOS."""
+def item_genres(rng: np.random.Generator) -> list[str]:
+    """1–3 genres as MovieLens lists them; now and then only a genre the world has no style for."""
+    if rng.random() < 0.03:
+        return [str(rng.choice(["(no genres listed)", "IMAX"]))]
+    k = 1 + int(rng.random() < 0.5) + int(rng.random() < 0.15)
+    return [world.GENRES[i] for i in rng.choice(len(world.GENRES), k, replace=False)]
+
+
+def make_item_pair(seed: int, index: int, style: str, n_keywords: int = N_ITEM_KEYWORDS) -> Pair:
+    """Item prompt of a made-up movie → the block of the genre its poster takes the palette from."""
+    rng = runtime.host_rng(np.random.SeedSequence([seed, 13, index]).generate_state(1)[0])
+    title = synth.make_titles(rng, 1)[0]
+    genres = item_genres(rng)
+    keywords = world.block(world.poster_genres(genres)[0])[:n_keywords]
+    prompt = build_item_prompt(title, genres, "", n_keywords, style)
+    return Pair(prompt, "".join(f" {i + 1}. {k}" for i, k in enumerate(keywords)), keywords)
+
+
+def encode_pairs(tok, pairs: list[Pair]) -> tuple[list[list[int]], list[int]]:
+    """Token ids of prompt + answer + EOS per pair, and each answer's length (EOS included)."""
     rows, answer_lens = [], []
     for p in pairs:
         a = tok.encode(p.answer, bos=False) + [tok.eos_id]
         rows.append(tok.encode(p.prompt, bos=True) + a)
         answer_lens.append(len(a))
+    return rows, answer_lens
+
+
+def length_buckets(lengths: list[int], n: int) -> list[np.ndarray]:
+    """Row indices split at length quantiles into at most `n` non-empty buckets (shortest first)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [b for b in np.array_split(order, max(1, min(n, len(order)))) if len(b)]
+
+
+def tokenize(tok, pairs: list[Pair]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, attention mask, answer mask) (N, T); T is the longest pair; right padding with EOS."""
+    return pad(*encode_pairs(tok, pairs), tok.eos_id)
+
+
+def pad(rows: list[list[int]], answer_lens: list[int], eos_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     t = max(map(len, rows))
-    ids = np.full((len(rows), t), tok.eos_id, np.int32)
+    ids = np.full((len(rows), t), eos_id, np.int32)
     attn = np.zeros((len(rows), t), np.int32)
     ans = np.zeros((len(rows), t), np.float32)
     for i, (row, n) in enumerate(zip(rows, answer_lens)):
@@ -130,7 +171,7 @@ def write_folder(directory: Path, mcfg: llama.LlamaConfig, tensors: dict) -> Non
     def dump(name, obj):
         (directory / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
-    checkpoint.save_safetensors(directory / "model.safetensors", tensors, metadata={"format": "pt"})
+    checkpoint.save_safetensors(directory / "model.safetensors", half(tensors), metadata={"format": "pt"})
     dump("config.json", mcfg.to_hf())
     dump("generation_config.json", {"bos_token_id": mcfg.bos_token_id, "eos_token_id": mcfg.eos_token_id,
                                     "do_sample": False})
@@ -170,10 +211,14 @@ def keyword_accuracy(generated: list[str], pairs: list[Pair]) -> dict:
             "parsed": round(parsed_ok / n, 4), "n_eval_users": len(pairs)}
 
 
-def evaluate(directory: Path, pairs: list[Pair]) -> tuple[dict, list[str]]:
+def evaluate(directory: Path, pairs: list[Pair], items: list[Pair]) -> tuple[dict, list[str]]:
+    """Preference keyword accuracy (the gate) and item keyword accuracy, greedy generation."""
     lm = llama.load(directory)
-    out = lm.generate([p.prompt for p in pairs], max_new_tokens=48)
-    return keyword_accuracy(out, pairs), out
+    out = lm.generate([p.prompt for p in pairs + items], max_new_tokens=48)
+    acc = keyword_accuracy(out[:len(pairs)], pairs)
+    item = keyword_accuracy(out[len(pairs):], items)
+    acc.update(item_keyword_accuracy=item["keyword_accuracy"], item_exact_match=item["exact_match"])
+    return acc, out
 
 
 def train_llama(out_dir, seed: int = 0, cfg: LlamaStageConfig = LlamaStageConfig(),
@@ -185,17 +230,21 @@ def train_llama(out_dir, seed: int = 0, cfg: LlamaStageConfig = LlamaStageConfig
     train = [make_pair(seed, u, cfg.keywords_p, cfg.style) for u in range(1, cfg.n_users + 1)]
     held_out = [make_pair(seed, u, cfg.keywords_p, cfg.style)
                 for u in range(cfg.n_users + 1, cfg.n_users + 1 + cfg.n_eval)]
-    corpus = [p.prompt + p.answer for p in train[:4000]]
+    items = [make_item_pair(seed, i, cfg.style) for i in range(cfg.n_items)]
+    held_items = [make_item_pair(seed, i, cfg.style) for i in range(cfg.n_items, cfg.n_items + cfg.n_eval_items)]
+    corpus = [p.prompt + p.answer for p in train[:4000] + items[:1000]]
     tokenizers.train_llama_sentencepiece(corpus, out / "tokenizer.model", cfg.vocab_size)
     tok = tokenizers.LlamaTokenizer.from_dir(out)
-    ids, attn, ans = tokenize(tok, train)
-    mcfg = model_config(cfg, tok.vocab_size, ids.shape[1] + 64)
+    rows, answer_lens = encode_pairs(tok, train + items)
+    buckets = [pad([rows[i] for i in b], [answer_lens[i] for i in b], tok.eos_id)
+               for b in length_buckets([len(r) for r in rows], cfg.buckets)]
+    share = np.array([len(b[0]) for b in buckets], np.float64)
+    t = max(b[0].shape[1] for b in buckets)
+    mcfg = model_config(cfg, tok.vocab_size, t + 64)
     net = llama.build(mcfg)
     init_weights(net, seed * 10 + 8)
     net.set_train(True)
     optimizer = adamw(net.trainable_params(), lr_schedule(cfg.steps, cfg.lr, cfg.warmup), cfg.weight_decay)
-    t = ids.shape[1]
-    positions = np.broadcast_to(np.arange(t, dtype=np.int32), (cfg.batch, t)).copy()
 
     def forward(input_ids, attention_mask, position_ids, targets, weights):
         logits = net(input_ids, attention_mask, position_ids)
@@ -207,8 +256,10 @@ def train_llama(out_dir, seed: int = 0, cfg: LlamaStageConfig = LlamaStageConfig
     rng = runtime.host_rng(seed * 10 + 9)
     progress = Progress("llama", cfg.steps, emit)
     for s in range(cfg.steps):
-        idx = rng.choice(len(train), cfg.batch, replace=False)
+        ids, attn, ans = buckets[rng.choice(len(buckets), p=share / share.sum())]
+        idx = rng.choice(len(ids), cfg.batch, replace=len(ids) < cfg.batch)
         x = ids[idx]
+        positions = np.broadcast_to(np.arange(x.shape[1], dtype=np.int32), x.shape).copy()
         targets = np.concatenate([x[:, 1:], x[:, -1:]], 1)           # next token at each position
         weights = np.concatenate([ans[idx][:, 1:], np.zeros((cfg.batch, 1), np.float32)], 1)
         loss = step(runtime.to_tensor(x), runtime.to_tensor(attn[idx]), runtime.to_tensor(positions),
@@ -217,11 +268,14 @@ def train_llama(out_dir, seed: int = 0, cfg: LlamaStageConfig = LlamaStageConfig
     net.set_train(False)
     tensors = {p.name: p.asnumpy() for p in net.get_parameters()}
     write_folder(out, mcfg, tensors)
-    acc, samples = evaluate(out, held_out)
+    acc, samples = evaluate(out, held_out, held_items)
     metrics = {"stage": "llama", "steps": cfg.steps, "batch": cfg.batch, "seconds_train": round(progress.seconds, 1),
                "sequence_tokens": int(t), "parameters": mcfg.num_parameters, **falling(progress.losses), **acc,
                "sample": {"prompt_tail": held_out[0].prompt[-160:], "generated": samples[0] if samples else "",
-                          "expected": held_out[0].answer},
+                          "expected": held_out[0].answer,
+                          "item_prompt_tail": held_items[0].prompt[-200:],
+                          "item_generated": samples[len(held_out)] if len(samples) > len(held_out) else "",
+                          "item_expected": held_items[0].answer},
                "config": asdict(cfg)}
     (out / "train_metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics

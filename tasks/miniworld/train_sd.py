@@ -1,7 +1,7 @@
 """Stage 2 of the miniature world: a tiny text-conditioned diffusion model on procedural posters.
 
 Recipe (../shared/reference/miniworld.md §2.3, §5.4): the UNet denoises `pixel_unshuffle(poster, 2)`
-(12×16×16, see codec.py) with v-prediction; blocks (64, 128), one resnet per block, cross-attention only
+(12×16×16, see pmg_models/sd/codec.py) with v-prediction; blocks (64, 128), one resnet per block, cross-attention only
 at 8² (`only_cross_attention`, which the study found cheap and sufficient), conditioned on the frozen
 tiny-CLIP text tower's last hidden states. AdamW with warm-up and cosine decay, grad clipping, EMA of
 the weights (the EMA is what is saved), 10 % caption dropout for classifier-free guidance. Sampling:
@@ -23,10 +23,12 @@ import numpy as np
 
 from pmg_models import checkpoint, runtime
 from pmg_models.clip import CLIPTextModel, CLIPTokenizer
+from pmg_models.sd.pipeline import StableDiffusion
 from pmg_models.sd.schedulers import make_scheduler
 from pmg_models.sd.unet import UNet2DConditionModel, UNetConfig
-from tasks.miniworld import codec, posters, world
-from tasks.miniworld.train_common import EMA, Progress, adamw, all_captions, falling, lr_schedule, make_step
+from pmg_models.sd import codec
+from tasks.miniworld import posters, world
+from tasks.miniworld.train_common import EMA, Progress, adamw, all_captions, falling, half, lr_schedule, make_step
 
 DIFFUSERS_VERSION = "0.30.0"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json")
@@ -95,7 +97,7 @@ def write_folder(sd_dir: Path, unet_cfg: dict, unet_tensors: dict, codec_cfg: co
     """The diffusers folder: model_index.json, unet/, vae/ (codec config), scheduler/ (text parts written before)."""
     (sd_dir / "unet").mkdir(parents=True, exist_ok=True)
     (sd_dir / "unet" / "config.json").write_text(json.dumps(unet_cfg, indent=2))
-    checkpoint.save_safetensors(sd_dir / "unet" / "diffusion_pytorch_model.safetensors", unet_tensors,
+    checkpoint.save_safetensors(sd_dir / "unet" / "diffusion_pytorch_model.safetensors", half(unet_tensors),
                                 metadata={"format": "pt"})
     (sd_dir / "vae").mkdir(exist_ok=True)
     (sd_dir / "vae" / "config.json").write_text(json.dumps(codec_cfg.to_dict(), indent=2))
@@ -194,7 +196,7 @@ def generate(pipe, plan, cfg: SDStageConfig) -> np.ndarray:
 def evaluate(sd_dir: Path, cfg: SDStageConfig, seed: int, classifier_dir: Path | None, init_arrays: dict | None,
              emit: Callable[[str], None] | None = None) -> dict:
     """Generate posters through the saved folder and score them with the independent classifier."""
-    pipe = codec.load_pipeline(sd_dir, micro_batch=cfg.eval_micro_batch)
+    pipe = StableDiffusion.from_pretrained(sd_dir, micro_batch=cfg.eval_micro_batch)
     plan = eval_plan(cfg, seed)
     images = generate(pipe, plan, cfg)
     posters_grid = posters.grid(images[:min(len(images), 72)], 12, scale=2)

@@ -42,9 +42,12 @@ def negative_prompt(scene: str = "movie") -> str:
     return NEGATIVE_PROMPTS[scene]
 
 
-def target_keywords(title: str, item_keywords: Iterable[str] | None, n: int = 5) -> list[str]:
-    """["movie poster", title, "named '<title>'", kw1..kwn] as the original (title without its year)."""
-    title = clean_title(title)
+def target_keywords(title: str, item_keywords: Iterable[str] | None, n: int = 5, with_title: bool = True) -> list[str]:
+    """["movie poster", title, "named '<title>'", kw1..kwn] as the original (title without its year).
+
+    `with_title=False` leaves the title out, for generators whose captions never had titles.
+    """
+    title = clean_title(title) if with_title else ""
     head = ["movie poster"] + ([title, f"named '{title}'"] if title else [])
     return head + clean_keywords(item_keywords, n)
 

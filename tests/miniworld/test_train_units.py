@@ -1,33 +1,13 @@
-"""Pieces of the miniature-world training: codec, schedules, targets, data pairs, CLI wiring."""
+"""Pieces of the miniature-world training: schedules, targets, data pairs, CLI wiring."""
 import numpy as np
 import pytest
 
-from tasks.miniworld import codec, world
+from tasks.miniworld import world
 from tasks.miniworld.train_clip import caption_corpus, same_caption_targets, write_tokenizer
 from tasks.miniworld.train_common import all_captions, falling, lr_schedule
-from tasks.miniworld.train_llama import keyword_accuracy, make_pair, top_genres
+from tasks.miniworld.train_llama import keyword_accuracy, length_buckets, make_item_pair, make_pair, top_genres
 from tasks.miniworld.train_sd import SDStageConfig, eval_plan, scheduler_config, v_target
 from tasks.pmg.history import HistoryItem
-
-
-def test_codec_is_pixel_unshuffle_and_lossless():
-    torch = pytest.importorskip("torch")
-    from pmg_models import runtime
-
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    z = codec.encode_numpy(images)
-    x = np.asarray(images, np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
-    ref = torch.nn.functional.pixel_unshuffle(torch.from_numpy(x), 2).numpy()
-    np.testing.assert_array_equal(z, ref)
-    cell = codec.PixelUnshuffleCodec()
-    np.testing.assert_array_equal(runtime.to_numpy(cell.encode(runtime.to_tensor(x))), ref)
-    np.testing.assert_array_equal(runtime.to_numpy(cell.decode(runtime.to_tensor(z))), x)
-    cfg = cell.config
-    assert 2 ** (len(cfg.block_out_channels) - 1) == 2 and cfg.latent_channels == 12
-    assert codec.CodecConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="not a PixelUnshuffleCodec"):
-        codec.CodecConfig.from_dict({"_class_name": "AutoencoderKL"})
 
 
 def test_lr_schedule_warms_up_then_decays_to_floor():
@@ -86,6 +66,27 @@ def test_llama_pairs_are_deterministic_pmg_prompts():
     assert a.answer == "".join(f" {i + 1}. {k}" for i, k in enumerate(a.keywords))
     assert keyword_accuracy([a.answer], [a])["keyword_accuracy"] == 1.0
     assert keyword_accuracy(["1. war 2. blue"], [a])["keyword_accuracy"] <= 2 / 8
+
+
+def test_item_pairs_use_the_pipeline_item_prompt_and_answer_the_palette_block():
+    from tasks.pmg.prompts import build_item_prompt
+
+    pairs = [make_item_pair(0, i, "vicuna") for i in range(200)]
+    assert pairs[3] == make_item_pair(0, 3, "vicuna")
+    for p in pairs:
+        assert p.prompt.endswith("The keywords are:") and "Describe a poster for this movie in 4 keywords" in p.prompt
+        assert len(p.keywords) == 4 and p.keywords[1] == world.STYLES[world.genre_of(p.keywords[0])].background
+    # genres are written as MovieLens lists them; the answer follows the poster's palette genre (fallbacks too)
+    assert any(p.keywords[0] == world.FALLBACK_GENRE.lower() and "Drama" not in p.prompt for p in pairs)
+    assert build_item_prompt("X", ["Horror"], "", 4, "vicuna").count("4 keywords") == 1
+
+
+def test_length_buckets_partition_rows_shortest_first():
+    lengths = [50, 10, 30, 20, 40, 60, 15]
+    buckets = length_buckets(lengths, 3)
+    assert sorted(i for b in buckets for i in b) == list(range(7))
+    assert max(lengths[i] for i in buckets[0]) <= min(lengths[i] for i in buckets[-1])
+    assert len(length_buckets([5], 3)) == 1
 
 
 def test_cli_registers_train_miniworld():

@@ -55,3 +55,24 @@ def test_config_defaults_to_tiny_models_and_reads_toml(tmp_path):
     (tmp_path / "bad.toml").write_text('[models]\nllm = "a"\n')
     with pytest.raises(ValueError, match="needs sd, clip"):
         load_config(tmp_path, tmp_path / "bad.toml")
+
+
+def test_config_method_table_sets_run_defaults_that_flags_override(tmp_path):
+    from flows import settings
+    from pmg_models import llama
+    from pmg_models import sd as sd_models
+    from pmg_models import clip_tiny
+    from tasks.pmg import conditioning
+
+    for name, init in (("llm", llama.init_tiny), ("sd", sd_models.init_tiny), ("clip", clip_tiny.init_tiny)):
+        init(tmp_path / name, seed=0)
+    (tmp_path / "pmg.toml").write_text('[models]\nllm = "llm"\nsd = "sd"\nclip = "clip"\n'
+                                       '[method]\nsteps = 7\nguidance = 3.0\ntitle_in_prompt = false\n')
+    assert load_config(tmp_path).method == {"steps": 7, "guidance": 3.0, "title_in_prompt": False}
+    p, _ = settings.resolve(tmp_path, {"guidance": 5.0, "steps": None})
+    assert (p["steps"], p["guidance"], p["title_in_prompt"], p["candidates"]) == (7, 5.0, False, 2)
+    assert conditioning.target_keywords("Heat (1995)", ["crime"], with_title=False) == ["movie poster", "crime"]
+    assert conditioning.target_keywords("Heat (1995)", ["crime"])[:3] == ["movie poster", "Heat", "named 'Heat'"]
+    (tmp_path / "pmg.toml").write_text('[models]\nllm = "llm"\nsd = "sd"\nclip = "clip"\n[method]\nstep = 7\n')
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['step'\] in \[method\]"):
+        load_config(tmp_path)

@@ -1,14 +1,11 @@
-"""The miniature world's latent codec: a lossless pixel-unshuffle in place of a VAE.
+"""A lossless pixel-unshuffle latent codec, usable in place of the VAE of an SD folder.
 
-The feasibility study (../shared/reference/miniworld.md §1.2, §3) found that a UNet on
-`pixel_unshuffle(image, 2)` (3×32×32 → 12×16×16) learns the posters cheaply and exactly, with no VAE to
-train and no reconstruction loss. The codec has the interface the SD pipeline uses of a VAE
-(`config.block_out_channels` for the down-scale factor, `config.scaling_factor`, `encode`, `decode`), so
-`StableDiffusion(unet, PixelUnshuffleCodec(...), ...)` runs the standard prompt → denoise → decode path.
-
-On disk it is `vae/config.json` with `_class_name: "PixelUnshuffleCodec"` and no weights.
-`pmg_models.sd.pipeline.StableDiffusion.from_pretrained` does not know that class yet;
-`load_pipeline` below builds the pipeline through the same component loaders until it does.
+Small diffusion models (the miniature world's, ../shared/reference/miniworld.md §1.2) denoise
+`pixel_unshuffle(image, f)` (3×32×32 → 12×16×16 for f = 2) with no VAE to train. The codec has the
+interface the pipeline uses of a VAE (`config.block_out_channels` for the down-scale factor,
+`config.scaling_factor`, `encode`, `decode`); on disk it is `vae/config.json` with
+`_class_name: "PixelUnshuffleCodec"` and no weights, and `StableDiffusion.from_pretrained` loads it
+from there. The channel order is torch's `pixel_unshuffle` (parity-tested).
 """
 from __future__ import annotations
 
@@ -16,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from mindspore import nn
 
 CLASS_NAME = "PixelUnshuffleCodec"
@@ -77,8 +75,6 @@ class PixelUnshuffleCodec(nn.Cell):
 
 def encode_numpy(images, factor: int = 2):
     """uint8 (N, H, W, 3) → float32 latents (N, 3·f², H/f, W/f) in [-1, 1] (the same map as `encode`)."""
-    import numpy as np
-
     x = np.asarray(images, np.float32).transpose(0, 3, 1, 2) / 127.5 - 1.0
     n, c, h, w = x.shape
     x = x.reshape(n, c, h // factor, factor, w // factor, factor).transpose(0, 1, 3, 5, 2, 4)
@@ -93,23 +89,3 @@ def is_codec_dir(directory) -> bool:
 def load_codec(directory) -> PixelUnshuffleCodec:
     return PixelUnshuffleCodec(CodecConfig.from_dict(json.loads((Path(directory) / "config.json").read_text())))
 
-
-def load_pipeline(directory, scheduler: str | None = None, micro_batch: int = 1):
-    """A world SD folder as a `StableDiffusion`: the diffusers-layout UNet, text encoder, tokenizer and
-    scheduler through their usual loaders, the codec in place of `AutoencoderKL`.
-
-    The hook `StableDiffusion.from_pretrained` needs to load it by itself: when `vae/config.json` names
-    `PixelUnshuffleCodec`, use `load_codec(directory / "vae")` instead of `weights.load_vae`.
-    """
-    from pmg_models.clip import CLIPTextModel, CLIPTokenizer
-    from pmg_models.sd import weights
-    from pmg_models.sd.pipeline import StableDiffusion
-
-    directory = Path(directory)
-    sched_cfg = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
-    vae_dir = directory / "vae"
-    vae = load_codec(vae_dir) if is_codec_dir(vae_dir) else weights.load_vae(vae_dir)
-    return StableDiffusion(weights.load_unet(directory / "unet"), vae,
-                           CLIPTextModel.from_pretrained(directory / "text_encoder"),
-                           CLIPTokenizer.from_dir(directory / "tokenizer"), sched_cfg, scheduler, directory,
-                           micro_batch)

@@ -1,0 +1,62 @@
+"""`pmg demo` on the shipped miniature-world weights: pinned files, world keywords, posters on the target's palette."""
+import io
+import types
+
+import numpy as np
+import pytest
+
+from tasks.miniworld import shipped, world
+
+
+def test_shipped_weights_match_their_pinned_sha256_and_size_budget():
+    sums = shipped.verify()
+    assert {"llama/model.safetensors", "sd/unet/diffusion_pytorch_model.safetensors", "clip/model.safetensors",
+            "soft_prompt.safetensors"} <= set(sums)
+    total = sum((shipped.ROOT / name).stat().st_size for name in sums)
+    assert total <= 40 * 2**20
+
+
+def test_verify_names_a_changed_file(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"one")
+    shipped.write_manifest(tmp_path)
+    shipped.verify(tmp_path)
+    (tmp_path / "a.bin").write_bytes(b"two")
+    with pytest.raises(ValueError, match="a.bin does not match its pinned SHA-256"):
+        shipped.verify(tmp_path)
+
+
+def _nearest_background(image: np.ndarray) -> str:
+    """The genre whose background colour is nearest the poster's median colour (a classifier-free check)."""
+    median = np.median(image.reshape(-1, 3), axis=0)
+    return min(world.GENRES, key=lambda g: np.sum((np.asarray(world.STYLES[g].background_rgb) - median) ** 2))
+
+
+@pytest.mark.timeout(900)
+def test_world_demo_makes_posters_on_the_target_palette_with_world_keywords(tmp_path):
+    from PIL import Image
+
+    from flows import demo
+    from warehouse.db import connect_reader
+
+    args = types.SimpleNamespace(users=8, movies=80, steps=None, size=None, candidates=None, debug=False,
+                                 random_models=False)
+    out = io.StringIO()
+    assert demo.run(tmp_path, args, out) == 0
+    assert "miniature world" in out.getvalue()
+    with connect_reader(tmp_path) as con:
+        rows = con.execute("SELECT p.user_id, p.target_movie_id, p.image_path, m.genres, k.keywords "
+                           "FROM posters p JOIN movies m ON m.movie_id = p.target_movie_id "
+                           "JOIN item_keywords k ON k.movie_id = p.target_movie_id").fetchall()
+        prefs = con.execute("SELECT keywords FROM user_preferences").fetchall()
+    assert len(rows) == 8
+    # item keywords: the block of the genre the target's poster takes its palette from
+    right_block = [list(kw) == world.block(world.poster_genres(genres)[0]) for _, _, _, genres, kw in rows]
+    assert np.mean(right_block) >= 0.75
+    # preference keywords are world keyword blocks
+    assert all(world.parse(list(kw))[0] for (kw,) in prefs)
+    # the selected posters mostly keep the target's background colour
+    palettes = []
+    for _, _, path, genres, _ in rows:
+        image = np.asarray(Image.open(tmp_path / path if not str(path).startswith("/") else path).convert("RGB"))
+        palettes.append(_nearest_background(image) == world.poster_genres(genres)[0])
+    assert np.mean(palettes) >= 0.5
