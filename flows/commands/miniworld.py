@@ -16,7 +16,7 @@ def register(sub) -> None:
     p.add_argument("--smoke", action="store_true", help="a few dozen steps per stage: checks losses fall and shapes")
     p.add_argument("--stages", default=",".join(STAGE_NAMES),
                    help="comma-separated subset of " + ",".join(STAGE_NAMES) + " (others keep their earlier output)")
-    p.add_argument("--sd-steps", type=int, help="UNet training steps (default 1500; the LR schedule follows)")
+    p.add_argument("--sd-steps", type=int, help="UNet training steps (default 1800; the LR schedule follows)")
     p.set_defaults(handler=train_miniworld)
 
 

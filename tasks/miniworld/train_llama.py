@@ -69,15 +69,23 @@ class Pair:
 
 
 def user_history(rng: np.random.Generator, liked: tuple, next_id: int) -> list[HistoryItem]:
-    """Five liked movies: first genre liked[0] w.p. .45, liked[1] .30, else any; a second genre w.p. .5."""
+    """Five liked movies: first genre liked[0] w.p. .45, liked[1] .35, else any; a second genre w.p. .6,
+    the other liked genre w.p. .7 of those, else any.
+
+    The study's mix (.45/.30, random second genres) left the second genre a tie among one-offs for
+    54 % of users, so the label hung on the tie-break; a tiny Llama then repeated its first block
+    (0.40 after 1200 steps in MindSpore, 0.20 after 150 in transformers on the same pairs). With
+    this mix 84 % of users have a clear second genre and the top two are the liked pair for 87 %.
+    """
     titles = synth.make_titles(rng, HISTORY)
     items = []
     for k in range(HISTORY):
         r = rng.random()
-        first = liked[0] if r < 0.45 else liked[1] if r < 0.75 else world.GENRES[rng.integers(len(world.GENRES))]
+        first = liked[0] if r < 0.45 else liked[1] if r < 0.80 else world.GENRES[rng.integers(len(world.GENRES))]
         genres = [first]
-        if rng.random() < 0.5:
-            other = world.GENRES[rng.integers(len(world.GENRES))]
+        if rng.random() < 0.6:
+            mate = liked[1] if first == liked[0] else liked[0]
+            other = mate if rng.random() < 0.7 else world.GENRES[rng.integers(len(world.GENRES))]
             if other != first:
                 genres.append(other)
         items.append(HistoryItem(next_id + k, titles[k], tuple(genres), 5.0 - 0.5 * (k % 3), None))
