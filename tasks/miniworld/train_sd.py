@@ -48,6 +48,7 @@ class SDStageConfig:
     ema: float = 0.995
     caption_dropout: float = 0.1
     n_train: int = 20_000
+    three_genre_p: float = 0.2         # captions of three blocks, the shape of target + two preference blocks
     image_size: int = 32
     channels: tuple = (64, 128)
     heads: int = 4
@@ -55,6 +56,7 @@ class SDStageConfig:
     guidance: float = 3.0
     eval_seeds: int = 1                # images per evaluation caption (324 captions)
     eval_captions: int = 0             # 0 = all 324 block captions, else the first N (smoke)
+    eval_triples: int = 72             # extra evaluation captions of three blocks (reported, not gated)
     eval_random: int = 36              # images from the untrained UNet as the chance baseline (0 = skip)
     eval_micro_batch: int = 36
     save_every: int = 250              # EMA weights written to the folder every N steps (a stopped run stays usable)
@@ -62,7 +64,7 @@ class SDStageConfig:
     @classmethod
     def smoke(cls) -> "SDStageConfig":
         return cls(steps=30, batch=16, warmup=5, n_train=512, channels=(32, 64), sample_steps=4,
-                   eval_captions=8, eval_random=0, eval_micro_batch=8)
+                   eval_captions=8, eval_triples=0, eval_random=0, eval_micro_batch=8)
 
 
 def unet_config(cfg: SDStageConfig, text_width: int) -> dict:
@@ -159,6 +161,8 @@ def eval_plan(cfg: SDStageConfig, seed: int):
     if cfg.eval_captions:
         order = rng.permutation(len(blocks))[:cfg.eval_captions]
         blocks = [blocks[i] for i in sorted(order)]
+    blocks += [tuple(world.GENRES[i] for i in rng.choice(len(world.GENRES), 3, replace=False))
+               for _ in range(cfg.eval_triples)]
     plan = []
     for b in blocks:
         for k in range(cfg.eval_seeds):
@@ -168,7 +172,8 @@ def eval_plan(cfg: SDStageConfig, seed: int):
 
 
 def score_images(images: np.ndarray, plan, classifier_dir: Path | None) -> dict:
-    """Classifier accuracies by caption kind: single-genre, and pairs (target bg / preference motif).
+    """Classifier accuracies by caption kind: single-genre, pairs (target bg / preference motif, the
+    gates), triples; "all" is singles and pairs.
 
     Empty when there is no trained classifier in `classifier_dir` (yet).
     """
@@ -179,9 +184,9 @@ def score_images(images: np.ndarray, plan, classifier_dir: Path | None) -> dict:
     net = classifier.load_classifier(classifier_dir)
     pred = classifier.classify(net, images)
     labels = [world.labels(b, a) for b, a, _ in plan]
-    pair = np.array([len(b) == 2 for b, _, _ in plan])
+    size = np.array([len(b) for b, _, _ in plan])
     out = {}
-    for kind, sel in (("single", ~pair), ("pair", pair), ("all", np.ones(len(plan), bool))):
+    for kind, sel in (("single", size == 1), ("pair", size == 2), ("triple", size == 3), ("all", size <= 2)):
         if not sel.any():
             continue
         for head in ("bg", "motif", "accent", "band"):
@@ -225,11 +230,11 @@ def train_sd(out_dir, clip_dir, seed: int = 0, cfg: SDStageConfig = SDStageConfi
     sd_dir, clip_dir = Path(out_dir), Path(clip_dir)
     sd_dir.mkdir(parents=True, exist_ok=True)
     write_text_encoder(clip_dir, sd_dir)
-    texts = [world.caption(b, a) for b, a in all_captions()] + [""]
+    data = posters.sample_dataset(cfg.n_train, seed * 10 + 4, cfg.image_size, three_genre_p=cfg.three_genre_p)
+    texts = sorted(set(data.captions())) + [""]
     index = {t: i for i, t in enumerate(texts)}
     states = encode_captions(sd_dir, texts)
     text_width = states.shape[-1]
-    data = posters.sample_dataset(cfg.n_train, seed * 10 + 4, cfg.image_size)
     latents = codec.encode_numpy(data.images)
     cap_idx = np.array([index[c] for c in data.captions()])
     empty = index[""]
