@@ -217,6 +217,46 @@ def write_plot(path: Path, curves: dict[str, list[tuple]], alpha: float) -> Path
     return path
 
 
+def write_pairs_grid(path: Path, out_dir: Path, rows: list[dict], pairs: Sequence[E.Pair], variants: Sequence[str],
+                     alpha: float, posters: Path | None, n_pairs: int = 12, n_history: int = 3) -> Path | None:
+    """One row per pair: target poster, each variant's selected image at `alpha`, history posters.
+
+    Missing posters are left blank; nothing is written when there are no selected images.
+    """
+    from PIL import Image
+
+    chosen = {(r["variant"], r["user_id"], r["target_movie_id"]): r["image_path"] for r in rows
+              if r["selected"] and abs(r["alpha"] - alpha) < 1e-9}
+    shown = [p for p in pairs if any((v, p.user_id, p.target_movie_id) in chosen for v in variants)][:n_pairs]
+    if not shown:
+        return None
+
+    def load(file: Path | None):
+        if file is None or not Path(file).is_file():
+            return None
+        with Image.open(file) as im:
+            return np.asarray(im.convert("RGB"))
+
+    table = []
+    for p in shown:
+        cells = [load(E.poster_path(posters, p.target_movie_id))]
+        cells += [load(out_dir / chosen[k]) if (k := (v, p.user_id, p.target_movie_id)) in chosen else None
+                  for v in variants]
+        cells += [load(E.poster_path(posters, h["movie_id"])) for h in p.history[:n_history]]
+        table.append(cells)
+    size = max(c.shape[0] for row in table for c in row if c is not None)
+    cols = 1 + len(variants) + n_history
+    blank = np.full((size, size, 3), 235, np.uint8)
+    cells = [E.fit_to(c, blank) if c is not None else blank for row in table for c in row + [None] * (cols - len(row))]
+    from tasks.miniworld.posters import grid
+
+    sheet = grid(np.stack(cells), cols, scale=max(1, 96 // size))
+    tmp = path.with_name(path.stem + ".tmp.png")
+    Image.fromarray(sheet).save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def _insert(rows: list[dict], run_id: str):
     """Writer callback: replace the run's rows (NaN and None become NULL)."""
     def write(con):
@@ -337,6 +377,9 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
              "summary_csv": write_csv(out_dir / "summary.csv", summary, list(summary[0])),
              "markdown": write_markdown(out_dir / "summary.md", run_id, summary, variants, skipped, notes, settings),
              "plot": write_plot(out_dir / "alpha_sweep.png", E.sweep(rows, variants), alpha)}
+    grid_png = write_pairs_grid(out_dir / "pairs.png", out_dir, rows, pairs, variants, alpha, posters_dir)
+    if grid_png is not None:
+        files["pairs_grid"] = grid_png
     record_run(warehouse, run_id, "evaluate", settings, {"llm": lm.fingerprint, "sd": pipe.fingerprint,
                                                          "clip": clip_model.fingerprint},
                settings["prompt_version"], "completed", {"pairs": len(pairs), "rows": len(rows), "images": len(base)},

@@ -112,6 +112,8 @@ def cmd_evaluate(args) -> int:
     print(f"report: {s['markdown']}")
     print(f"tables: {s['summary_csv']}, {s['results_csv']}")
     print(f"plot:   {s['plot']}")
+    if s.get("pairs_grid"):
+        print(f"grid:   {s['pairs_grid']}  (per pair: target poster, each variant's selected image, history posters)")
     print(f"SQL:    pmg sql \"SELECT variant, avg(d_p), avg(d_t) FROM evaluations WHERE run_id = '{s['run_id']}' "
           f"AND selected AND alpha = {s['alpha']} GROUP BY variant\"")
     return 0

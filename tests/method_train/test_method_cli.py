@@ -94,6 +94,11 @@ def test_train_then_evaluate_then_rerun(world, capsys):
     assert all(title in md for title in VARIANT_TITLES.values()) and "skipped" not in md.split("## Notes")[0]
     assert "LPIPS (AlexNet" in md
     assert (out_dir / "alpha_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    from PIL import Image
+
+    with Image.open(out_dir / "pairs.png") as sheet:   # 2 pairs × (target poster, 4 variants, 3 history posters)
+        assert sheet.size[0] > sheet.size[1] > 0
+    assert "grid:" in capsys.readouterr().out
     summary = list(csv.DictReader(open(out_dir / "summary.csv")))
     assert [r["variant"] for r in summary] == ["baseline", "pmg", "keywords", "soft"]
     assert all(_finite(r[k]) for r in summary for k in ("mean_d_p", "mean_d_t", "mean_ssim_target", "mean_ssim_history",

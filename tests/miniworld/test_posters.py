@@ -101,3 +101,17 @@ def test_sample_dataset_labels_match_the_rule():
     assert set(" ".join(data.captions()).replace(",", " ").split()) <= set(world.vocabulary())
     again = posters.sample_dataset(40, seed=3)
     assert np.array_equal(again.images, data.images)
+
+
+def test_three_block_captions_keep_the_first_palette_and_last_motif_rule():
+    data = posters.sample_dataset(60, seed=4, three_genre_p=0.5)
+    sizes = {len(b) for b in data.blocks}
+    assert sizes == {1, 2, 3}
+    for blocks, attr, i in ((b, a, i) for i, (b, a) in enumerate(zip(data.blocks, data.attributes)) if len(b) == 3):
+        assert len(set(blocks)) == 3
+        lab = world.labels(blocks, attr)
+        assert lab["bg"] == world.GENRES.index(blocks[0])
+        assert lab["motif"] == world.MOTIFS.index(world.STYLES[blocks[-1]].motif)
+        assert int(data.labels["bg"][i]) == lab["bg"]
+    # without triples the draws are those of before triples existed (the CLIP and classifier data)
+    assert {len(b) for b in posters.sample_dataset(60, seed=4).blocks} == {1, 2}
