@@ -36,6 +36,7 @@ class ClipStageConfig:
     steps: int = 300
     batch: int = 256
     lr: float = 1e-3
+    bias_correction: bool = False      # trained without AdamW's bias correction (train_common.bias_corrected)
     weight_decay: float = 0.05
     warmup: int = 60
     n_train: int = 30_000
@@ -175,7 +176,8 @@ def train_clip(out_dir, seed: int = 0, cfg: ClipStageConfig = ClipStageConfig(),
     pool_all = pooled_positions(ids_all, tok.eos_id)
     mask = runtime.to_tensor(causal_mask(cfg.batch, TRAIN_TOKENS), ms.float32)
     model.net.set_train(True)
-    optimizer = adamw(model.net.trainable_params(), lr_schedule(cfg.steps, cfg.lr, cfg.warmup), cfg.weight_decay)
+    optimizer = adamw(model.net.trainable_params(), lr_schedule(cfg.steps, cfg.lr, cfg.warmup), cfg.weight_decay,
+                      cfg.bias_correction)
     step = make_step(contrastive_forward(model.net), optimizer)
     rng = runtime.host_rng(seed * 10 + 3)
     progress = Progress("clip", cfg.steps, emit)

@@ -31,15 +31,31 @@ def lr_schedule(steps: int, peak: float, warmup: int, floor: float = 0.1) -> lis
     return out
 
 
-def adamw(params: Sequence, lr: list[float], weight_decay: float):
-    """nn.AdamWeightDecay; matrices and conv kernels decay, biases/norms/embeddings of rank 1 do not."""
+def bias_corrected(lr: Sequence[float], beta1: float = 0.9, beta2: float = 0.999) -> list[float]:
+    """Per-step learning rates that give nn.AdamWeightDecay torch.optim.AdamW's bias-corrected step.
+
+    MindSpore's AdamWeightDecay (BERT-style) divides the raw moments, m / (√v + ε); AdamW divides the
+    corrected ones, which equals scaling the rate by √(1 − β2^t) / (1 − β1^t). Without it the early
+    steps are up to ~6× larger, and the tiny Llama trailed transformers' AdamW on the same pairs.
+    (The decoupled weight decay then scales the same way: a little weaker early, equal later.)
+    """
+    return [r * math.sqrt(1 - beta2 ** (t + 1)) / (1 - beta1 ** (t + 1)) for t, r in enumerate(lr)]
+
+
+def adamw(params: Sequence, lr: list[float], weight_decay: float, bias_correction: bool = True):
+    """nn.AdamWeightDecay; matrices and conv kernels decay, biases/norms/embeddings of rank 1 do not.
+
+    `bias_correction` (see `bias_corrected`) makes the update torch.optim.AdamW's; the CLIP and SD
+    stages were trained without it and keep that setting so they reproduce.
+    """
     params = list(params)
     decay = [p for p in params if len(p.shape) > 1]
     rest = [p for p in params if len(p.shape) <= 1]
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if rest:
         groups.append({"params": rest, "weight_decay": 0.0})
-    return nn.AdamWeightDecay(groups, learning_rate=lr, beta1=0.9, beta2=0.999, eps=1e-8)
+    rates = bias_corrected(lr) if bias_correction else list(lr)
+    return nn.AdamWeightDecay(groups, learning_rate=rates, beta1=0.9, beta2=0.999, eps=1e-8)
 
 
 def make_step(forward: Callable, optimizer, clip: float = 1.0) -> Callable:

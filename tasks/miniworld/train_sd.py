@@ -43,6 +43,7 @@ class SDStageConfig:
     steps: int = 1800
     batch: int = 32
     lr: float = 1e-3
+    bias_correction: bool = False      # trained without AdamW's bias correction (train_common.bias_corrected)
     weight_decay: float = 0.01
     warmup: int = 100
     ema: float = 0.995
@@ -242,7 +243,8 @@ def train_sd(out_dir, clip_dir, seed: int = 0, cfg: SDStageConfig = SDStageConfi
     unet, init_arrays = init_unet(ucfg, seed * 10 + 5)
     unet.set_train(True)
     alphas = make_scheduler(scheduler_config()).alphas_cumprod
-    optimizer = adamw(unet.trainable_params(), lr_schedule(cfg.steps, cfg.lr, cfg.warmup), cfg.weight_decay)
+    optimizer = adamw(unet.trainable_params(), lr_schedule(cfg.steps, cfg.lr, cfg.warmup), cfg.weight_decay,
+                      cfg.bias_correction)
 
     def forward(x_t, t, context, target):
         pred = unet(x_t, t, context)
