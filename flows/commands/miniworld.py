@@ -17,6 +17,9 @@ def register(sub) -> None:
     p.add_argument("--stages", default=",".join(STAGE_NAMES),
                    help="comma-separated subset of " + ",".join(STAGE_NAMES) + " (others keep their earlier output)")
     p.add_argument("--sd-steps", type=int, help="UNet training steps (default 1800; the LR schedule follows)")
+    p.add_argument("--ship", action="store_true",
+                   help="then copy llama/, sd/, clip/, the soft prompt and metrics.json into weights/miniworld and pin "
+                        "their SHA-256 (what `pmg demo` uses); --stages '' ships without training")
     p.set_defaults(handler=train_miniworld)
 
 
@@ -39,4 +42,10 @@ def train_miniworld(args) -> int:
     if failed:
         print(f"pmg: checks failed: {', '.join(failed)}", file=sys.stderr)
         return 1
+    if args.ship:
+        from tasks.miniworld import shipped
+
+        sums = shipped.install(args.out)
+        size = sum((shipped.ROOT / name).stat().st_size for name in sums)
+        _say(f"shipped {len(sums)} files ({size / 2**20:.1f} MB) to {shipped.ROOT}, pinned in {shipped.MANIFEST_NAME}")
     return 0

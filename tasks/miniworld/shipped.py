@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2] / "weights" / "miniworld"
@@ -60,6 +62,35 @@ def verify(root: Path = ROOT) -> dict[str, str]:
             raise ValueError(f"shipped weight file {path} is missing (pinned in {root / MANIFEST_NAME})")
         if sha256(path) != digest:
             raise ValueError(f"shipped weight file {path} does not match its pinned SHA-256; restore it from git")
+    return sums
+
+
+SHIPPED = ("llama", "sd", "clip", "soft_prompt.safetensors", "metrics.json")  # not the evaluation classifier
+
+
+def install(world_dir, root: Path = ROOT) -> dict[str, str]:
+    """Copy what `pmg train-miniworld` wrote to `world_dir` into `root` and pin it; returns the manifest.
+
+    The new folder is assembled next to `root` and swapped in by rename, so a failed copy never
+    leaves a half-replaced set of weights.
+    """
+    world_dir, root = Path(world_dir), Path(root)
+    missing = [name for name in SHIPPED if not (world_dir / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{world_dir} lacks {', '.join(missing)}: train those stages first")
+    staging = root.with_name(root.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in SHIPPED:
+        src = world_dir / name
+        (shutil.copytree if src.is_dir() else shutil.copyfile)(src, staging / name)
+    sums = write_manifest(staging)
+    old = root.with_name(root.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if root.exists():
+        os.replace(root, old)
+    os.replace(staging, root)
+    shutil.rmtree(old, ignore_errors=True)
     return sums
 
 

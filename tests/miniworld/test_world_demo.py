@@ -60,3 +60,24 @@ def test_world_demo_makes_posters_on_the_target_palette_with_world_keywords(tmp_
         image = np.asarray(Image.open(tmp_path / path if not str(path).startswith("/") else path).convert("RGB"))
         palettes.append(_nearest_background(image) == world.poster_genres(genres)[0])
     assert np.mean(palettes) >= 0.5
+
+
+def test_install_swaps_in_a_pinned_copy(tmp_path):
+    world_dir = tmp_path / "out"
+    for name in ("llama", "sd/unet", "clip"):
+        (world_dir / name).mkdir(parents=True)
+        (world_dir / name / "config.json").write_text(name)
+    (world_dir / "soft_prompt.safetensors").write_bytes(b"soft")
+    (world_dir / "metrics.json").write_text("{}")
+    (world_dir / "classifier").mkdir()
+    root = tmp_path / "weights" / "miniworld"
+    sums = shipped.install(world_dir, root)
+    assert set(sums) == {"llama/config.json", "sd/unet/config.json", "clip/config.json", "soft_prompt.safetensors",
+                         "metrics.json"}
+    assert shipped.verify(root) == sums and not (root.parent / "miniworld.new").exists()
+    (world_dir / "metrics.json").write_text('{"again": 1}')
+    shipped.install(world_dir, root)                      # re-shipping replaces the folder and its pins
+    assert (root / "metrics.json").read_text() == '{"again": 1}' and shipped.verify(root)
+    (world_dir / "soft_prompt.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="soft_prompt.safetensors"):
+        shipped.install(world_dir, root)
