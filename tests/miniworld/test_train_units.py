@@ -50,8 +50,10 @@ def test_v_target_matches_diffusers_get_velocity():
 
 def test_eval_plan_is_seeded_and_covers_pairs():
     full = eval_plan(SDStageConfig(), 0)
-    assert len(full) == 324 and eval_plan(SDStageConfig(), 0) == full
+    assert len(full) == 324 + 72 and eval_plan(SDStageConfig(), 0) == full
     assert sum(len(b) == 2 for b, _, _ in full) == 306
+    triples = [b for b, _, _ in full if len(b) == 3]
+    assert len(triples) == 72 and all(len(set(b)) == 3 for b in triples)
 
 
 def test_top_genres_counts_with_first_appearance_ties():
