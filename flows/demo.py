@@ -116,8 +116,9 @@ def run(warehouse: Path, args, out=sys.stdout) -> int:
     if world:
         w("\nThe models are the miniature world's (weights/miniworld, made by `pmg train-miniworld`): posters are\n"
           "procedural, a genre sets the background colour, a motif and an accent colour. A personalized poster\n"
-          "keeps its target's background and takes the motif and accent of the user's favourite genres. The\n"
-          f"gallery shows them; the real world posters are in {warehouse / 'posters'}.\n")
+          "is asked to keep its target's background and take the motif of the user's favourite genres (how often\n"
+          "it does is measured in README, 'The miniature world'). The gallery shows each movie's own poster\n"
+          f"next to the generated ones; the world posters are in {warehouse / 'posters'}.\n")
     else:
         w("\nNote: --random-models uses tiny models with random weights, so keywords are gibberish and the images\n"
           "are placeholders (noise).\n")
