@@ -299,6 +299,7 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
     guidance = float(guidance if guidance is not None else method.get("guidance", 7.5))
     size = size or method.get("height")
     with_title = bool(method.get("title_in_prompt", True))
+    weights = tuple(float(w) for w in method.get("weights", conditioning.DEFAULT_WEIGHTS))
     n_item, n_pref = int(method.get("n_item_keywords", 10)), int(method.get("n_pref_keywords", 8))
     if candidates < 1 or steps < 1:
         raise ValueError("--candidates and --steps must be at least 1")
@@ -352,7 +353,7 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
                      "variant was skipped, and PMG full without its soft part is the 'keywords only' row.")
 
     size = int(size or pipe.default_size)
-    jobs = E.plan_jobs(pairs, item_kw, variants, candidates, seed, with_title=with_title)
+    jobs = E.plan_jobs(pairs, item_kw, variants, candidates, seed, weights=weights, with_title=with_title)
     opts = {"steps": steps, "size": size, "guidance": guidance, "w_soft": w_soft, "lpips": lpips_model,
             "with_title": with_title}
     base, poster_emb = [], {}
@@ -367,7 +368,7 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
                          "no image–image d_t and no target SSIM.")
     rows = E.score_rows(base, alphas)
     summary = E.summarize(rows, alpha, variants)
-    settings = {"pairs": len(pairs), "candidates": candidates, "alpha": alpha, "alphas": alphas, "steps": steps,
+    settings = {"pairs": len(pairs), "candidates": candidates, "weights": list(weights), "alpha": alpha, "alphas": alphas, "steps": steps,
                 "size": size, "guidance": guidance, "w_soft": w_soft, "seed": seed, "limit_users": limit_users,
                 "posters": str(posters_dir) if posters_dir else None,
                 "soft_prompt": str(models["soft_prompt"]) if models["soft_prompt"] else None,

@@ -27,6 +27,15 @@ def test_plan_jobs_variants_seeds_and_prompts():
     assert [j.soft for j in jobs if j.pair == 0 and j.candidate == 0] == [False, True, False, True]
 
 
+
+def test_plan_jobs_with_one_preference_weight_varies_the_seed():
+    """A `[method] weights = [1.0]` config: the keyword variants' K candidates differ by seed, all at w = 1."""
+    jobs = E.plan_jobs([_pair(1, 7)], {7: ["storm"]}, E.VARIANTS, k=2, base_seed=0, weights=(1.0,))
+    pmg = [j for j in jobs if j.variant == "pmg"]
+    assert [j.w for j in pmg] == [1.0, 1.0] and pmg[0].seed != pmg[1].seed
+    base = [j for j in jobs if j.variant == "baseline"]
+    assert [j.seed for j in pmg] == [j.seed for j in base]  # same seed slots: pairs differ only by the prompt
+
 def test_score_rows_select_one_per_alpha_and_summary_against_the_baseline():
     base = []
     for v, dp in (("baseline", (20.0, 22.0)), ("pmg", (30.0, 25.0))):
