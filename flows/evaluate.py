@@ -146,6 +146,22 @@ def _fmt(x, pct: bool = False) -> str:
     return f"{100 * x:+.1f}%" if pct else f"{x:.4f}"
 
 
+def component_table(by: dict[str, dict]) -> list[str]:
+    """The comparison with the baseline for each part of the blend (CLIP text score, image–image score) alone."""
+    rows = [v for v in E.VARIANTS if v in by and v != "baseline"]
+    if not rows or all(math.isnan(by[v]["win_rate_d_p_image"]) for v in rows):
+        return []
+    lines = ["Each part of d_p and d_t alone (text: vs the keyword texts, as the original's reranker; image: vs the "
+             "history posters / the target poster):", "",
+             "| variant | d_p text > baseline | Δ d_t text | d_p image > baseline | Δ d_t image |", "|---|---|---|---|---|"]
+    for v in rows:
+        r = by[v]
+        win = lambda x: "—" if math.isnan(x) else f"{100 * x:.0f}%"  # noqa: E731
+        lines.append(f"| {E.VARIANT_TITLES[v]} | {win(r['win_rate_d_p_text'])} | {_fmt(r['rel_change_d_t_text'], True)} "
+                     f"| {win(r['win_rate_d_p_image'])} | {_fmt(r['rel_change_d_t_image'], True)} |")
+    return lines + [""]
+
+
 def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Sequence[str], skipped: dict[str, str],
                    notes: list[str], settings: dict) -> Path:
     """summary.md: one table row per variant (skipped variants say why), then the notes and settings."""
@@ -176,7 +192,9 @@ def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Seque
               "exist. \"d_p > baseline\": share of pairs whose selected image has a higher d_p than the baseline's "
               "(ties count half). Δ d_t: relative change of mean d_t against the baseline. LPIPS (when weights are "
               "given): lower = more similar; a negative Δ LPIPS history means images closer to the user's history "
-              "posters than the baseline's (the paper's personalization measure).", "", "## Notes", ""]
+              "posters than the baseline's (the paper's personalization measure).", ""]
+    lines += component_table(by)
+    lines += ["## Notes", ""]
     lines += [f"- {n}" for n in notes]
     lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()]
     tmp = path.with_name(path.name + ".tmp")

@@ -236,6 +236,9 @@ SUMMARY_METRICS = ("d_p", "d_t", "d_p_text", "d_t_text", "d_p_image", "d_t_image
                    "lpips_target", "lpips_history")
 
 
+COMPONENTS = ("text", "image")  # d = blend(text, image): each part is also compared with the baseline
+
+
 def _mean(values) -> float:
     v = np.asarray([np.nan if x is None else x for x in values], np.float64)
     v = v[np.isfinite(v)]
@@ -258,10 +261,16 @@ def summarize(rows: list[dict], alpha: float, variants: Sequence[str]) -> list[d
         row.update(win_rate_d_p=math.nan, rel_change_d_p=math.nan, rel_change_d_t=math.nan,
                    win_rate_lpips_history=math.nan, rel_change_lpips_history=math.nan,
                    rel_change_lpips_target=math.nan)
+        for part in COMPONENTS:
+            row.update({f"win_rate_d_p_{part}": math.nan, f"rel_change_d_t_{part}": math.nan})
         if v != "baseline" and paired:
             cmp = metrics.compare_to_baseline(*_columns(paired, "d_p", "d_t"))
             row.update(win_rate_d_p=cmp["win_rate_d_p"], rel_change_d_p=cmp["rel_change_d_p"],
                        rel_change_d_t=cmp["rel_change_d_t"])
+            for part in COMPONENTS:  # the blend's parts alone: which of them moved
+                if all(a.get(f"d_p_{part}") is not None for a, _ in paired):
+                    c = metrics.compare_to_baseline(*_columns(paired, f"d_p_{part}", f"d_t_{part}"))
+                    row.update({f"win_rate_d_p_{part}": c["win_rate_d_p"], f"rel_change_d_t_{part}": c["rel_change_d_t"]})
             if all(a.get("lpips_history") is not None and a.get("lpips_target") is not None for a, _ in paired):
                 # Lower LPIPS = more similar: personalization wins when LPIPS vs history drops.
                 lp = metrics.compare_to_baseline(*_columns(paired, "lpips_history", "lpips_target"),

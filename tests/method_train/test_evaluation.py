@@ -36,6 +36,17 @@ def test_plan_jobs_with_one_preference_weight_varies_the_seed():
     base = [j for j in jobs if j.variant == "baseline"]
     assert [j.seed for j in pmg] == [j.seed for j in base]  # same seed slots: pairs differ only by the prompt
 
+
+def test_summary_compares_each_part_of_the_blend():
+    """A higher text d_p with a non-positive image d_p: the blend loses (the floor), the text part wins."""
+    base = [{"variant": v, "user_id": 1, "target_movie_id": 7, "candidate": 0, "d_p_text": pt, "d_t_text": 40.0,
+             "d_p_image": pi, "d_t_image": ti, "ssim_target": 0.5, "ssim_history": 0.5}
+            for v, pt, pi, ti in (("baseline", 20.0, 50.0, 60.0), ("pmg", 30.0, -1.0, 45.0))]
+    pmg = {r["variant"]: r for r in E.summarize(E.score_rows(base, [0.5]), 0.5, ["baseline", "pmg"])}["pmg"]
+    assert pmg["win_rate_d_p"] == 0.0 and pmg["win_rate_d_p_text"] == 1.0 and pmg["win_rate_d_p_image"] == 0.0
+    assert pmg["rel_change_d_t_text"] == 0.0 and pmg["rel_change_d_t_image"] == pytest.approx(45 / 60 - 1)
+
+
 def test_score_rows_select_one_per_alpha_and_summary_against_the_baseline():
     base = []
     for v, dp in (("baseline", (20.0, 22.0)), ("pmg", (30.0, 25.0))):

@@ -93,6 +93,7 @@ def test_train_then_evaluate_then_rerun(world, capsys):
     md = (out_dir / "summary.md").read_text()
     assert all(title in md for title in VARIANT_TITLES.values()) and "skipped" not in md.split("## Notes")[0]
     assert "LPIPS (AlexNet" in md
+    assert "| variant | d_p text > baseline |" in md  # the blend's parts compared one by one
     assert (out_dir / "alpha_sweep.png").read_bytes()[:4] == b"\x89PNG"
     from PIL import Image
 
