@@ -131,7 +131,9 @@ def init_unet(unet_cfg: dict, seed: int) -> tuple[UNet2DConditionModel, dict]:
             arrays[p.name] = np.ones(shape, np.float32)
         else:
             arrays[p.name] = np.zeros(shape, np.float32)
-    checkpoint.assign_strict(unet, arrays.items(), source="init")
+    # Copies: assign_strict wraps arrays without copying, so training would overwrite `arrays` in place and
+    # the "random weights" baseline evaluated from them would be the trained UNet.
+    checkpoint.assign_strict(unet, ((k, v.copy()) for k, v in arrays.items()), source="init")
     return unet, arrays
 
 
