@@ -20,6 +20,7 @@ from unittest import mock
 
 STARTUP_TIMEOUT_S = 90
 STOP_GRACE_S = 2.0
+DRAIN_TIMEOUT_S = 10.0
 
 
 def configure(warehouse: Path | str, quiet: bool = False) -> Path:
@@ -57,6 +58,7 @@ def embedded_api(warehouse: Path | str) -> Iterator[str | None]:
                 yield server.api_url
             finally:
                 _flush_logs()
+                drain_workers()
     finally:
         _stop(server)
 
@@ -93,6 +95,26 @@ def _flush_logs() -> None:
         APILogHandler.flush()
     except Exception:  # noqa: BLE001 - logs are observability only; never fail the command here
         pass
+
+
+def drain_workers(timeout_s: float = DRAIN_TIMEOUT_S) -> bool:
+    """Deliver queued events and logs while the API is up, and stop their workers; True if all finished.
+
+    Prefect drains both at interpreter exit with no time limit; once the API is gone each queued
+    event waits on reconnects to a dead address, which held a test session's exit for an hour.
+    Workers started later (another API in the same process) are new instances.
+    """
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        pending = 0
+        for worker in (EventsWorker, APILogWorker):
+            _, not_done = worker.drain_all(timeout=timeout_s, at_exit=False)
+            pending += len(not_done)
+        return pending == 0
+    except Exception:  # noqa: BLE001 - observability only; never fail the command here
+        return False
 
 
 def _stop(server) -> None:
