@@ -154,9 +154,9 @@ def component_table(by: dict[str, dict]) -> list[str]:
     lines = ["Each part of d_p and d_t alone (text: vs the keyword texts, as the original's reranker; image: vs the "
              "history posters / the target poster):", "",
              "| variant | d_p text > baseline | Δ d_t text | d_p image > baseline | Δ d_t image |", "|---|---|---|---|---|"]
+    win = lambda x: "—" if math.isnan(x) else f"{100 * x:.0f}%"  # noqa: E731
     for v in rows:
         r = by[v]
-        win = lambda x: "—" if math.isnan(x) else f"{100 * x:.0f}%"  # noqa: E731
         lines.append(f"| {E.VARIANT_TITLES[v]} | {win(r['win_rate_d_p_text'])} | {_fmt(r['rel_change_d_t_text'], True)} "
                      f"| {win(r['win_rate_d_p_image'])} | {_fmt(r['rel_change_d_t_image'], True)} |")
     return lines + [""]
@@ -386,8 +386,8 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
                          "no image–image d_t and no target SSIM.")
     rows = E.score_rows(base, alphas)
     summary = E.summarize(rows, alpha, variants)
-    settings = {"pairs": len(pairs), "candidates": candidates, "weights": list(weights), "alpha": alpha, "alphas": alphas, "steps": steps,
-                "size": size, "guidance": guidance, "w_soft": w_soft, "seed": seed, "limit_users": limit_users,
+    settings = {"pairs": len(pairs), "candidates": candidates, "weights": list(weights), "alpha": alpha,
+                "alphas": alphas, "steps": steps, "size": size, "guidance": guidance, "w_soft": w_soft, "seed": seed, "limit_users": limit_users,
                 "posters": str(posters_dir) if posters_dir else None,
                 "soft_prompt": str(models["soft_prompt"]) if models["soft_prompt"] else None,
                 "llm": lm.fingerprint, "sd": pipe.fingerprint, "clip": clip_model.fingerprint,

@@ -27,7 +27,6 @@ def test_plan_jobs_variants_seeds_and_prompts():
     assert [j.soft for j in jobs if j.pair == 0 and j.candidate == 0] == [False, True, False, True]
 
 
-
 def test_plan_jobs_with_one_preference_weight_varies_the_seed():
     """A `[method] weights = [1.0]` config: the keyword variants' K candidates differ by seed, all at w = 1."""
     jobs = E.plan_jobs([_pair(1, 7)], {7: ["storm"]}, E.VARIANTS, k=2, base_seed=0, weights=(1.0,))
