@@ -89,16 +89,20 @@ class Example:
 
 @dataclass
 class Prepared:
-    """Frozen inputs computed once: latents (N,C,h,w) × scaling factor, text states (U,77,D) of the U
-    distinct prompts, and each example's row in them."""
+    """Frozen inputs computed once: latents (N,C,h,w) × scaling factor, text states (U,77,D) and pooled
+    text (U,D) of the U distinct prompts, and each example's row in them."""
     keys: list[str]
     soft_texts: list[str]
     latents: np.ndarray
     text_states: np.ndarray
     prompt_index: np.ndarray
+    pooled_text: np.ndarray
 
     def states(self, idx: np.ndarray) -> np.ndarray:
         return self.text_states[self.prompt_index[idx]]
+
+    def pooled(self, idx: np.ndarray) -> np.ndarray:
+        return self.pooled_text[self.prompt_index[idx]]
 
 
 @dataclass
@@ -143,11 +147,11 @@ def prepare(pipe, examples: Sequence[Example], size: int) -> Prepared:
     # Users who share a held-out target share its prompt: encode each distinct prompt once.
     distinct = list(dict.fromkeys(_prompt_key(e.prompt) for e in examples))
     first = {k: next(e.prompt for e in examples if _prompt_key(e.prompt) == k) for k in distinct}
-    cond, _ = pipe.encode_prompt([first[k] for k in distinct])
+    cond, _, pooled, _ = pipe.encode_prompt([first[k] for k in distinct], return_pooled=True)
     rows = {k: i for i, k in enumerate(distinct)}
     return Prepared([e.key for e in examples], [e.soft_text for e in examples],
                     encode_latents(pipe, [e.image for e in examples], size), cond.astype(np.float32),
-                    np.asarray([rows[_prompt_key(e.prompt)] for e in examples], np.int64))
+                    np.asarray([rows[_prompt_key(e.prompt)] for e in examples], np.int64), pooled.astype(np.float32))
 
 
 def _prompt_key(prompt) -> str:
@@ -205,16 +209,21 @@ def eval_plan(n: int, cfg: TrainConfig, num_train_timesteps: int, latent_shape: 
 
 # ------------------------------------------------------------------------------------ the loss
 class DenoisingLoss(nn.Cell):
-    """MSE(UNet(x_t, t, [text states ⊕ w_soft·soft tokens]), target); only `soft` is trained."""
+    """MSE(UNet(x_t, t, [text states ⊕ w_soft·soft tokens] (, pooled text)), target); only `soft` is trained."""
 
     def __init__(self, encoder: S.SoftPromptEncoder, unet, w_soft: float):
         super().__init__(auto_prefix=False)
         self.encoder, self.unet, self.w_soft = encoder, unet, float(w_soft)
+        self.pooled_conditioned = bool(unet.config.class_embed_type)
 
-    def construct(self, input_ids, attention_mask, position_ids, onehot, text_states, noisy, timesteps, target):
+    def construct(self, input_ids, attention_mask, position_ids, onehot, text_states, noisy, timesteps, target,
+                  pooled):
         soft = self.encoder(input_ids, attention_mask, position_ids, onehot) * self.w_soft  # (B,M,D) fp32
         context = ops.cat((text_states, soft.astype(text_states.dtype)), 1)               # (B,77+M,D)
-        pred = self.unet(noisy, timesteps, context).astype(ms.float32)
+        if self.pooled_conditioned:
+            pred = self.unet(noisy, timesteps, context, pooled).astype(ms.float32)
+        else:
+            pred = self.unet(noisy, timesteps, context).astype(ms.float32)
         return ((pred - target) ** 2).mean()
 
 
@@ -255,7 +264,7 @@ class Trainer:
         noisy, target = add_noise(self.data.latents[idx], noise, timesteps, self.alphas_cumprod, self.prediction_type)
         return (*S.model_inputs(soft_in, self.soft.cfg.n_prefix), runtime.to_tensor(self.data.states(idx), dtype),
                 runtime.to_tensor(noisy, dtype), runtime.to_tensor(timesteps.astype(np.float32)),
-                runtime.to_tensor(target, ms.float32))
+                runtime.to_tensor(target, ms.float32), runtime.to_tensor(self.data.pooled(idx), dtype))
 
     def micro_batch(self, step: int, micro: int) -> tuple:
         idx = batch_indices(step, micro, len(self.data.keys), self.cfg)

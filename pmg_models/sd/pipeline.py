@@ -4,6 +4,9 @@
     cond, uncond = pipe.encode_prompt(prompts, negative_prompt, extra_tokens=soft_tokens)
     latents = pipe.prepare_latents(seeds, height, width)
     for i, latents in pipe.denoise(cond, uncond, latents, steps, guidance): ...
+    # a UNet with class_embed_type="projection" also takes the pooled text:
+    cond, uncond, pooled, pooled_uncond = pipe.encode_prompt(prompts, return_pooled=True)
+    pipe.denoise(cond, uncond, latents, steps, guidance, pooled=(pooled, pooled_uncond))
     images = pipe.decode(latents)                      # uint8 (B, H, W, 3)
 
 Conventions (each documented where it is implemented):
@@ -13,6 +16,9 @@ Conventions (each documented where it is implemented):
 * Weighted segments follow the A1111 convention (scale token states, then restore the prompt's mean).
 * PMG soft tokens are appended after the 77 text tokens; the unconditional branch is extended by
   repeating the negative prompt's last token state (its final padding position).
+* Pooled text (HF `pooler_output`: the final-normed state at the eos token, of the unweighted prompt)
+  conditions UNets built with `class_embed_type="projection"` (diffusers' option; the miniature world
+  uses it). Soft tokens come after the eos, so they do not change it.
 * Determinism: noise comes from each image's own seed on the host, and with `micro_batch=1` (default)
   every image runs alone through the text encoder, UNet and VAE, always at the same shapes, so its
   bytes do not depend on what else is in the batch. `micro_batch=N` runs N images per UNet call (faster
@@ -40,17 +46,17 @@ COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 def _compile_unet(unet):
     """One compiled entry: both CFG halves in one UNet batch, combined in-graph."""
-    def guided(latents, timesteps, context, guidance):
+    def guided(latents, timesteps, context, guidance, *pooled):
         x = ops.cat((latents, latents), 0)
-        eps = unet(x, timesteps, context)
+        eps = unet(x, timesteps, context, *pooled)
         uncond, cond = ops.chunk(eps, 2, 0)
         return uncond + guidance * (cond - uncond)
     return runtime.jit(guided)
 
 
 def _compile_unguided(unet):
-    def plain(latents, timesteps, context):
-        return unet(latents, timesteps, context)
+    def plain(latents, timesteps, context, *pooled):
+        return unet(latents, timesteps, context, *pooled)
     return runtime.jit(plain)
 
 
@@ -123,6 +129,11 @@ class StableDiffusion:
         if text_encoder.config.hidden_size != self.text_width:
             raise ValueError(f"text encoder width {text_encoder.config.hidden_size} does not match the UNet's "
                              f"cross_attention_dim {self.text_width}")
+        self.pooled_conditioned = bool(unet.config.class_embed_type)
+        if self.pooled_conditioned and unet.config.projection_class_embeddings_input_dim != self.text_width:
+            raise ValueError(f"the UNet's projection_class_embeddings_input_dim "
+                             f"{unet.config.projection_class_embeddings_input_dim} is not the pooled text width "
+                             f"{self.text_width}")
         self._guided = _compile_unet(unet)
         self._plain = _compile_unguided(unet)
         self._decode = _compile_decode(vae)
@@ -176,17 +187,22 @@ class StableDiffusion:
     def _text_states(self, ids: np.ndarray) -> np.ndarray:
         return runtime.to_numpy(self.text_encoder(ids))
 
-    def _encode_ids(self, ids: np.ndarray) -> np.ndarray:
-        """(N, 77) ids → (N, 77, D), one prompt per text-encoder call (batch-independent bytes)."""
-        return np.stack([self._text_states(ids[i:i + 1])[0] for i in range(len(ids))]).astype(np.float32)
+    def _encode_ids(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 77) ids → states (N, 77, D) and pooled (N, D), one prompt per text-encoder call
+        (batch-independent bytes)."""
+        from pmg_models.clip import pooled_positions
 
-    def _encode_one(self, prompt: Prompt) -> np.ndarray:
+        states = np.stack([self._text_states(ids[i:i + 1])[0] for i in range(len(ids))]).astype(np.float32)
+        return states, states[np.arange(len(ids)), pooled_positions(ids, self.text_encoder.config.eos_token_id)]
+
+    def _encode_one(self, prompt: Prompt) -> tuple[np.ndarray, np.ndarray]:
         limit = self.tokenizer.model_max_length - 2
         if isinstance(prompt, str):
             ids, counts = self.tokenizer.encode([prompt])
             if counts[0] > limit:
                 log.warning("prompt has %d tokens; truncated to %d: %.60r…", counts[0], limit, prompt)
-            return self._encode_ids(ids)[0]
+            states, pooled = self._encode_ids(ids)
+            return states[0], pooled[0]
         texts = [str(text) for text, _ in prompt]
         ids, index = self.tokenizer.encode_segments(texts)
         n_tokens = len(self.tokenizer.tokenize(" ".join(texts)))
@@ -194,11 +210,14 @@ class StableDiffusion:
             log.warning("weighted prompt has %d tokens; truncated to %d", n_tokens, limit)
         seg_weights = np.asarray([float(w) for _, w in prompt] + [1.0], np.float32)
         per_token = seg_weights[index]          # index -1 (bos/eos/pad) picks the trailing 1.0
-        return weighted_states(self._encode_ids(ids[None])[0], per_token)
+        states, pooled = self._encode_ids(ids[None])
+        return weighted_states(states[0], per_token), pooled[0]
 
     def encode_prompt(self, prompts: list[Prompt], negative_prompt: str | list[str] = "",
-                      extra_tokens: np.ndarray | None = None, extra_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """Prompts → (cond, uncond) float32 [B, 77 (+M), D].
+                      extra_tokens: np.ndarray | None = None, extra_scale: float = 1.0,
+                      return_pooled: bool = False) -> tuple[np.ndarray, ...]:
+        """Prompts → (cond, uncond) float32 [B, 77 (+M), D]; with `return_pooled` also the pooled text
+        (pooled, pooled_uncond) [B, D], as diffusers' SDXL encode_prompt returns four arrays.
 
         A prompt is a string or a list of (text, weight) segments (see `weighted_states`).
         `extra_tokens` [B, M, D] (PMG soft tokens, in text-encoder output space) are appended to cond
@@ -209,15 +228,19 @@ class StableDiffusion:
         negatives = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         if len(negatives) != len(prompts):
             raise ValueError(f"{len(negatives)} negative prompts for {len(prompts)} prompts")
-        cond = np.stack([self._encode_one(p) for p in prompts]) if prompts else np.zeros((0, 77, self.text_width), np.float32)
-        uncond = np.stack([self._encode_one(n) for n in negatives]) if prompts else cond.copy()
+        if prompts:
+            (cond, pooled), (uncond, pooled_uncond) = ([np.stack(a) for a in zip(*map(self._encode_one, texts))]
+                                                       for texts in (prompts, negatives))
+        else:
+            cond, pooled = np.zeros((0, 77, self.text_width), np.float32), np.zeros((0, self.text_width), np.float32)
+            uncond, pooled_uncond = cond.copy(), pooled.copy()
         if extra_tokens is not None:
             extra = np.asarray(extra_tokens, np.float32)
             if extra.ndim != 3 or extra.shape[0] != len(prompts) or extra.shape[2] != self.text_width:
                 raise ValueError(f"extra_tokens must be [B={len(prompts)}, M, D={self.text_width}], got {extra.shape}")
             cond = np.concatenate([cond, extra * np.float32(extra_scale)], 1)
             uncond = np.concatenate([uncond, np.repeat(uncond[:, -1:], extra.shape[1], 1)], 1)
-        return cond, uncond
+        return (cond, uncond, pooled, pooled_uncond) if return_pooled else (cond, uncond)
 
     # ---------------------------------------------------------------------------- prepare_latents
     def latent_shape(self, height: int | None, width: int | None) -> tuple[int, int, int]:
@@ -233,35 +256,57 @@ class StableDiffusion:
         return np.stack([runtime.noise(shape, int(s)) for s in seeds]) if seeds else np.zeros((0, *shape), np.float32)
 
     # ------------------------------------------------------------------------------------ denoise
-    def _model_output(self, x: np.ndarray, t, cond: np.ndarray, uncond: np.ndarray, guidance: float) -> np.ndarray:
+    def _model_output(self, x: np.ndarray, t, cond: np.ndarray, uncond: np.ndarray, guidance: float,
+                      pooled: tuple | None) -> np.ndarray:
         """Guided UNet output for the batch, in fixed micro-batches (padding the last one)."""
         out = np.empty_like(x)
         mb, g = self.micro_batch, float(guidance)
         t_arr = np.full((2 * mb if g > 1.0 else mb,), float(t), np.float32)
+        dt = runtime.compute_dtype()
         for a, b in _chunks(len(x), mb):
             xs, cs = _pad_to(x[a:b], mb), _pad_to(cond[a:b], mb)
-            dt = runtime.compute_dtype()
             if g > 1.0:   # diffusers skips the unconditional half when guidance <= 1
                 ctx = np.concatenate([_pad_to(uncond[a:b], mb), cs], 0)
+                extra = () if pooled is None else \
+                    (runtime.to_tensor(np.concatenate([_pad_to(pooled[1][a:b], mb), _pad_to(pooled[0][a:b], mb)]), dt),)
                 eps = self._guided(runtime.to_tensor(xs, dt), runtime.to_tensor(t_arr), runtime.to_tensor(ctx, dt),
-                                   ms.Tensor(g, dt))
+                                   ms.Tensor(g, dt), *extra)
             else:
-                eps = self._plain(runtime.to_tensor(xs, dt), runtime.to_tensor(t_arr), runtime.to_tensor(cs, dt))
+                extra = () if pooled is None else (runtime.to_tensor(_pad_to(pooled[0][a:b], mb), dt),)
+                eps = self._plain(runtime.to_tensor(xs, dt), runtime.to_tensor(t_arr), runtime.to_tensor(cs, dt),
+                                  *extra)
             out[a:b] = runtime.to_numpy(eps)[: b - a]
         return out
 
+    def _check_pooled(self, pooled, n: int) -> tuple | None:
+        if not self.pooled_conditioned:
+            if pooled is not None:
+                raise ValueError("this UNet takes no pooled text (its config has no class_embed_type)")
+            return None
+        if pooled is None:
+            raise ValueError("this UNet is conditioned on the pooled text (class_embed_type='projection'): "
+                             "pass pooled=(pooled, pooled_uncond) from encode_prompt(..., return_pooled=True)")
+        pc, pu = (np.asarray(p, np.float32) for p in pooled)
+        if pc.shape != pu.shape or pc.shape != (n, self.text_width):
+            raise ValueError(f"pooled text must be two [B={n}, D={self.text_width}] arrays, got {pc.shape}, {pu.shape}")
+        return pc, pu
+
     def denoise(self, cond, uncond, latents: np.ndarray, steps: int = 30, guidance: float = 7.5,
-                scheduler: Scheduler | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (step_index, latents) after each of `steps` scheduler steps; classifier-free guidance."""
+                scheduler: Scheduler | None = None, pooled: tuple | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (step_index, latents) after each of `steps` scheduler steps; classifier-free guidance.
+
+        `pooled` = (pooled, pooled_uncond) [B, D], required by (and only by) pooled-conditioned UNets.
+        """
         cond, uncond = np.asarray(runtime.to_numpy(cond) if isinstance(cond, ms.Tensor) else cond, np.float32), \
             np.asarray(runtime.to_numpy(uncond) if isinstance(uncond, ms.Tensor) else uncond, np.float32)
         if cond.shape != uncond.shape or len(cond) != len(latents):
             raise ValueError(f"cond {cond.shape}, uncond {uncond.shape} and latents {np.shape(latents)} disagree")
+        pooled = self._check_pooled(pooled, len(cond))
         sched = scheduler or self.make_scheduler()
         sched.set_timesteps(steps)
         x = (np.asarray(latents, np.float32) * np.float32(sched.init_noise_sigma)).astype(np.float32)
         for i, t in enumerate(sched.timesteps):
-            eps = self._model_output(sched.scale_model_input(x, t), t, cond, uncond, guidance)
+            eps = self._model_output(sched.scale_model_input(x, t), t, cond, uncond, guidance, pooled)
             x = sched.step(eps, t, x)
             yield i, x
 
@@ -286,8 +331,10 @@ class StableDiffusion:
         """All steps at once: uint8 images (B, H, W, 3), one seed per prompt."""
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts (one seed per image)")
-        cond, uncond = self.encode_prompt(prompts, negative_prompt, extra_tokens, extra_scale)
+        cond, uncond, *pooled = self.encode_prompt(prompts, negative_prompt, extra_tokens, extra_scale,
+                                                   return_pooled=True)
         latents = self.prepare_latents(seeds, height, width)
-        for _, latents in self.denoise(cond, uncond, latents, steps, guidance):
+        for _, latents in self.denoise(cond, uncond, latents, steps, guidance,
+                                       pooled=tuple(pooled) if self.pooled_conditioned else None):
             pass
         return self.decode(latents)

@@ -21,14 +21,14 @@ DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
 UP_BLOCKS = ("CrossAttnUpBlock2D", "UpBlock2D")
 # Config keys that must keep these values: anything else is a model family we do not implement.
 _FIXED = {
-    "act_fn": "silu", "center_input_sample": False, "class_embed_type": None, "addition_embed_type": None,
+    "act_fn": "silu", "center_input_sample": False, "addition_embed_type": None,
     "encoder_hid_dim": None, "encoder_hid_dim_type": None, "num_attention_heads": None,
     "dual_cross_attention": False, "resnet_time_scale_shift": "default", "resnet_skip_time_act": False,
     "resnet_out_scale_factor": 1.0, "time_embedding_type": "positional", "time_embedding_dim": None,
     "time_embedding_act_fn": None, "timestep_post_act": None, "time_cond_proj_dim": None,
     "conv_in_kernel": 3, "conv_out_kernel": 3, "attention_type": "default", "class_embeddings_concat": False,
     "cross_attention_norm": None, "num_class_embeds": None, "addition_time_embed_dim": None,
-    "projection_class_embeddings_input_dim": None, "reverse_transformer_layers_per_block": None,
+    "reverse_transformer_layers_per_block": None,
     "mid_block_type": "UNetMidBlock2DCrossAttn",
 }
 
@@ -63,6 +63,9 @@ class UNetConfig:
     freq_shift: int = 0
     downsample_padding: int = 1
     mid_block_scale_factor: float = 1.0
+    # "projection": a vector per image (e.g. the pooled text) through an MLP, added to the time embedding.
+    class_embed_type: str | None = None
+    projection_class_embeddings_input_dim: int | None = None
 
     @classmethod
     def from_dict(cls, cfg: dict) -> "UNetConfig":
@@ -77,6 +80,12 @@ class UNetConfig:
         for kind in up:
             if kind not in UP_BLOCKS:
                 raise ValueError(f"UNet config: up block {kind!r} is not supported; choose from {UP_BLOCKS}")
+        class_embed = cfg.get("class_embed_type")
+        class_dim = cfg.get("projection_class_embeddings_input_dim")
+        if class_embed not in (None, "projection"):
+            raise ValueError(f"UNet config: class_embed_type={class_embed!r} is not supported (only None or 'projection')")
+        if class_embed == "projection" and not class_dim:
+            raise ValueError("UNet config: class_embed_type='projection' needs projection_class_embeddings_input_dim")
         n = len(down)
         tlpb = cfg.get("transformer_layers_per_block", 1)
         if isinstance(tlpb, (list, tuple)) and any(isinstance(t, (list, tuple)) for t in tlpb):
@@ -96,6 +105,8 @@ class UNetConfig:
             flip_sin_to_cos=bool(cfg.get("flip_sin_to_cos", True)), freq_shift=int(cfg.get("freq_shift", 0)),
             downsample_padding=int(cfg.get("downsample_padding", 1)),
             mid_block_scale_factor=float(cfg.get("mid_block_scale_factor", 1.0)),
+            class_embed_type=class_embed,
+            projection_class_embeddings_input_dim=int(class_dim) if class_embed else None,
         )
 
     @classmethod
@@ -404,7 +415,11 @@ class TimestepEmbedding(nn.Cell):
 
 # ------------------------------------------------------------------------------------------ model
 class UNet2DConditionModel(nn.Cell):
-    """eps/v prediction for latents (B, C, h, w) at timesteps (B,) given text states (B, T, D)."""
+    """eps/v prediction for latents (B, C, h, w) at timesteps (B,) given text states (B, T, D).
+
+    With `class_embed_type="projection"` the model also takes `class_labels` (B, P), e.g. the pooled
+    text, projected and added to the time embedding as diffusers does.
+    """
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -418,6 +433,9 @@ class UNet2DConditionModel(nn.Cell):
         self.freqs = ms.Tensor(np.exp(exponent).astype(np.float32)[None, :])   # (1, C0/2)
         self.conv_in = P.Conv2d(cfg.in_channels, c0, 3, padding=1)
         self.time_embedding = TimestepEmbedding(c0, temb)
+        self.class_conditioned = cfg.class_embed_type == "projection"
+        if self.class_conditioned:
+            self.class_embedding = TimestepEmbedding(cfg.projection_class_embeddings_input_dim, temb)
         self.down_blocks = nn.CellList([DownBlock(cfg, i, boc[i - 1] if i else c0, temb) for i in range(len(boc))])
         self.mid_block = MidBlock(cfg, temb)
         rev = boc[::-1]
@@ -430,8 +448,10 @@ class UNet2DConditionModel(nn.Cell):
         sin, cos = ops.sin(args), ops.cos(args)
         return ops.cat((cos, sin) if self.config.flip_sin_to_cos else (sin, cos), -1)
 
-    def construct(self, sample, timesteps, context):
+    def construct(self, sample, timesteps, context, class_labels=None):
         temb = self.time_embedding(self.time_features(timesteps).astype(sample.dtype))
+        if self.class_conditioned:
+            temb = temb + self.class_embedding(class_labels.astype(sample.dtype))
         x = self.conv_in(sample)
         skips = (x,)
         for block in self.down_blocks:

@@ -3,16 +3,17 @@
 Recipe (../shared/reference/miniworld.md §2.3, §5.4): the UNet denoises `pixel_unshuffle(poster, 2)`
 (12×16×16, see pmg_models/sd/codec.py) with v-prediction; blocks (64, 128), one resnet per block,
 cross-attention without self-attention (`only_cross_attention`, which the study found cheap) at both
-16² and 8², conditioned on the frozen tiny-CLIP text tower's last hidden states. AdamW with warm-up and
+16² and 8², conditioned on the frozen tiny-CLIP text tower's last hidden states and, through diffusers'
+`class_embed_type="projection"`, on its pooled output (the eos state: a summary of the whole caption
+added to the time embedding, as the study did). AdamW with warm-up and
 cosine decay, grad clipping, EMA of the weights (the EMA is what is saved), 10 % caption dropout for
 classifier-free guidance. Sampling: DDIM with trailing spacing (the study's decisive setting together
 with v-prediction) and no x0 clipping: with v-prediction and guidance 3, DDIM's `clip_sample` (which
 clips x0 but keeps the unclipped ε) drove a 1500-step model to chance (background 0.14); without it
 the same weights scored 0.67.
 
-Differences from the study: no pooled-text class embedding (our UNet and pipeline take text states
-only; cross-attention at 16² as well carries the caption to the motif's resolution instead) and a
-linear β schedule (our schedulers have no squaredcos_cap_v2; linear reaches ᾱ_T ≈ 4e-5, so sampling
+Differences from the study: cross-attention at 16² as well (it carries the caption to the motif's
+resolution) and a linear β schedule (our schedulers have no squaredcos_cap_v2; linear reaches ᾱ_T ≈ 4e-5, so sampling
 from pure noise matches training).
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from pmg_models import checkpoint, runtime
-from pmg_models.clip import CLIPTextModel, CLIPTokenizer
+from pmg_models.clip import CLIPTextModel, CLIPTokenizer, pooled_positions
 from pmg_models.sd.pipeline import StableDiffusion
 from pmg_models.sd.schedulers import make_scheduler
 from pmg_models.sd.unet import UNet2DConditionModel, UNetConfig
@@ -50,6 +51,7 @@ class SDStageConfig:
     caption_dropout: float = 0.1
     n_train: int = 20_000
     three_genre_p: float = 0.2         # captions of three blocks, the shape of target + two preference blocks
+    pooled_text: bool = True           # pooled-text class embedding (False: text states only, as weights v2)
     image_size: int = 32
     channels: tuple = (64, 128)
     heads: int = 4
@@ -75,7 +77,9 @@ def unet_config(cfg: SDStageConfig, text_width: int) -> dict:
             "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], "block_out_channels": list(cfg.channels),
             "layers_per_block": 1, "attention_head_dim": cfg.heads, "cross_attention_dim": text_width,
             "only_cross_attention": True, "use_linear_projection": True, "norm_num_groups": 32,
-            "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu"}
+            "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu",
+            **({"class_embed_type": "projection", "projection_class_embeddings_input_dim": text_width}
+               if cfg.pooled_text else {})}
 
 
 def scheduler_config() -> dict:
@@ -137,8 +141,9 @@ def init_unet(unet_cfg: dict, seed: int) -> tuple[UNet2DConditionModel, dict]:
     return unet, arrays
 
 
-def encode_captions(sd_dir: Path, texts: list[str], chunk: int = 64) -> np.ndarray:
-    """Frozen text states (N, 77, D) through the saved text_encoder/ and tokenizer/ (the pipeline's path)."""
+def encode_captions(sd_dir: Path, texts: list[str], chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Frozen text states (N, 77, D) and pooled text (N, D) through the saved text_encoder/ and
+    tokenizer/ (the pipeline's path)."""
     encoder = CLIPTextModel.from_pretrained(sd_dir / "text_encoder")
     tok = CLIPTokenizer.from_dir(sd_dir / "tokenizer")
     ids, _ = tok.encode(texts)
@@ -147,7 +152,8 @@ def encode_captions(sd_dir: Path, texts: list[str], chunk: int = 64) -> np.ndarr
         rows = ids[a:a + chunk]
         padded = np.concatenate([rows, np.repeat(rows[-1:], chunk - len(rows), 0)]) if len(rows) < chunk else rows
         out.append(runtime.to_numpy(encoder(padded))[:len(rows)])
-    return np.concatenate(out).astype(np.float32)
+    states = np.concatenate(out).astype(np.float32)
+    return states, states[np.arange(len(ids)), pooled_positions(ids, encoder.config.eos_token_id)]
 
 
 def v_target(x0, eps, t, alphas_cumprod):
@@ -236,7 +242,7 @@ def train_sd(out_dir, clip_dir, seed: int = 0, cfg: SDStageConfig = SDStageConfi
     data = posters.sample_dataset(cfg.n_train, seed * 10 + 4, cfg.image_size, three_genre_p=cfg.three_genre_p)
     texts = sorted(set(data.captions())) + [""]
     index = {t: i for i, t in enumerate(texts)}
-    states = encode_captions(sd_dir, texts)
+    states, pooled = encode_captions(sd_dir, texts)
     text_width = states.shape[-1]
     latents = codec.encode_numpy(data.images)
     cap_idx = np.array([index[c] for c in data.captions()])
@@ -248,8 +254,8 @@ def train_sd(out_dir, clip_dir, seed: int = 0, cfg: SDStageConfig = SDStageConfi
     optimizer = adamw(unet.trainable_params(), lr_schedule(cfg.steps, cfg.lr, cfg.warmup), cfg.weight_decay,
                       cfg.bias_correction)
 
-    def forward(x_t, t, context, target):
-        pred = unet(x_t, t, context)
+    def forward(x_t, t, context, pooled_text, target):
+        pred = unet(x_t, t, context, pooled_text) if cfg.pooled_text else unet(x_t, t, context)
         return ((pred - target) ** 2).mean()
 
     step = make_step(forward, optimizer)
@@ -263,7 +269,7 @@ def train_sd(out_dir, clip_dir, seed: int = 0, cfg: SDStageConfig = SDStageConfi
         x_t, v = v_target(latents[idx], eps, t, alphas)
         caps = np.where(rng.random(cfg.batch) < cfg.caption_dropout, empty, cap_idx[idx])
         loss = step(runtime.to_tensor(x_t), runtime.to_tensor(t.astype(np.float32)),
-                    runtime.to_tensor(states[caps]), runtime.to_tensor(v))
+                    runtime.to_tensor(states[caps]), runtime.to_tensor(pooled[caps]), runtime.to_tensor(v))
         ema.update()
         progress(s, loss)
         if cfg.save_every and (s + 1) % cfg.save_every == 0 and s + 1 < cfg.steps:

@@ -134,13 +134,14 @@ def test_sd_init_arrays_survive_training_steps():
     unet, arrays = init_unet(unet_config(cfg, 32), seed=1)
     before = {k: v.copy() for k, v in arrays.items()}
     unet.set_train(True)
-    step = make_step(lambda x, t, c, v: ((unet(x, t, c) - v) ** 2).mean(),
+    step = make_step(lambda x, t, c, p, v: ((unet(x, t, c, p) - v) ** 2).mean(),
                      adamw(unet.trainable_params(), lr_schedule(2, 1e-2, 1), 0.0))
     rng = np.random.default_rng(0)
     x, c = rng.standard_normal((2, 12, 16, 16), np.float32), rng.standard_normal((2, 77, 32), np.float32)
+    pooled = rng.standard_normal((2, 32), np.float32)
     for _ in range(2):
         step(runtime.to_tensor(x), runtime.to_tensor(np.array([10.0, 500.0], np.float32)), runtime.to_tensor(c),
-             runtime.to_tensor(x))
+             runtime.to_tensor(pooled), runtime.to_tensor(x))
     moved = [p.name for p in unet.trainable_params() if not np.array_equal(p.asnumpy(), before[p.name])]
     assert moved, "the training steps changed nothing"
     assert all(np.array_equal(arrays[k], before[k]) for k in arrays)

@@ -206,3 +206,47 @@ def test_real_sd21_configs_parse():
     s = make_scheduler(SD21_SCHEDULER)
     s.set_timesteps(30)
     assert s.name == "ddim" and s.prediction_type == "v_prediction" and s.timesteps[0] == 958  # 29 * (1000 // 30) + 1, as diffusers
+
+
+@pytest.fixture(scope="module")
+def pooled_pipe(tiny_dir, tmp_path_factory):
+    """The tiny SD with diffusers' class_embed_type="projection" fed by the pooled text."""
+    from safetensors.numpy import load_file, save_file
+
+    from pmg_models.sd.tiny import random_weights
+
+    path = tmp_path_factory.mktemp("sd_pooled") / "tiny"
+    shutil.copytree(tiny_dir, path)
+    cfg_file, weights_file = path / "unet" / "config.json", path / "unet" / "diffusion_pytorch_model.safetensors"
+    cfg = json.loads(cfg_file.read_text())
+    cfg.update(class_embed_type="projection", projection_class_embeddings_input_dim=32)
+    cfg_file.write_text(json.dumps(cfg))
+    tensors = load_file(str(weights_file))
+    tensors.update(random_weights({"class_embedding.linear_1.weight": (128, 32), "class_embedding.linear_1.bias": (128,),
+                                   "class_embedding.linear_2.weight": (128, 128),
+                                   "class_embedding.linear_2.bias": (128,)}, seed=9))
+    save_file(tensors, str(weights_file))
+    return StableDiffusion.from_pretrained(path)
+
+
+def test_pooled_text_conditions_a_projection_unet(pooled_pipe, pipe):
+    prompts, seeds = ["a red movie poster", "dark castle"], [5, 6]
+    cond, uncond, pooled, pooled_uncond = pooled_pipe.encode_prompt(prompts, return_pooled=True)
+    ids, _ = pooled_pipe.tokenizer.encode(prompts)
+    np.testing.assert_allclose(pooled, pooled_pipe.text_encoder.pooled(ids), rtol=1e-6, atol=1e-6)
+    assert pooled_uncond.shape == (2, 32) and not np.allclose(pooled[0], pooled[1])
+    # byte-identical whatever else is in the batch, as for plain UNets
+    batch = pooled_pipe.generate(prompts, seeds, steps=2, height=SIZE, width=SIZE)
+    alone = pooled_pipe.generate(prompts[1:], seeds[1:], steps=2, height=SIZE, width=SIZE)
+    assert _png(batch[1]) == _png(alone[0])
+    # the pooled vector is used: swapping it changes the result
+    latents = pooled_pipe.prepare_latents(seeds, SIZE, SIZE)
+    *_, (_, a) = pooled_pipe.denoise(cond, uncond, latents, 2, 3.0, pooled=(pooled, pooled_uncond))
+    *_, (_, b) = pooled_pipe.denoise(cond, uncond, latents, 2, 3.0, pooled=(pooled[::-1].copy(), pooled_uncond))
+    assert not np.allclose(a, b)
+    *_, (_, c) = pooled_pipe.denoise(cond, uncond, latents, 2, 1.0, pooled=(pooled, pooled_uncond))
+    assert c.shape == a.shape
+    with pytest.raises(ValueError, match="pooled text"):
+        next(pooled_pipe.denoise(cond, uncond, latents, 2, 3.0))
+    with pytest.raises(ValueError, match="no pooled text"):
+        next(pipe.denoise(cond, uncond, latents, 2, 3.0, pooled=(pooled, pooled_uncond)))

@@ -21,6 +21,9 @@ SD1_UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels
                 down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=24,
                 attention_head_dim=4, norm_num_groups=16, only_cross_attention=(True, False))
+# The miniature world's option: the pooled text projected into the time embedding.
+POOLED_UNET = dict(SD1_UNET, class_embed_type="projection", projection_class_embeddings_input_dim=24)
+UNETS = {"sd2": SD2_UNET, "sd1": SD1_UNET, "pooled": POOLED_UNET}
 VAE = dict(block_out_channels=(32, 64), in_channels=3, out_channels=3,
            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
            latent_channels=4, norm_num_groups=16, layers_per_block=1, sample_size=32)
@@ -39,9 +42,9 @@ def _rel(ours, ref):
     return float(np.abs(ours - ref).max() / (np.abs(ref).max() + 1e-12))
 
 
-@pytest.fixture(scope="module", params=["sd2", "sd1"])
+@pytest.fixture(scope="module", params=list(UNETS))
 def unet_pair(request, tmp_path_factory):
-    cfg = SD2_UNET if request.param == "sd2" else SD1_UNET
+    cfg = UNETS[request.param]
     torch.manual_seed(0)
     ref = _randomize(diffusers.UNet2DConditionModel(**cfg), 1).eval()
     path = tmp_path_factory.mktemp(f"unet_{request.param}")
@@ -56,10 +59,18 @@ def test_unet_matches_diffusers(unet_pair):
     x = rng.standard_normal((2, 4, s, s), dtype=np.float32)
     ctx = rng.standard_normal((2, 7, cfg["cross_attention_dim"]), dtype=np.float32)
     t = np.array([981.0, 3.0], np.float32)
+    pooled = rng.standard_normal((2, cfg.get("projection_class_embeddings_input_dim") or 1), dtype=np.float32)
+    labels = pooled if cfg.get("class_embed_type") else None
     with torch.no_grad():
-        want = ref(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx)).sample.numpy()
-    got = runtime.to_numpy(ours(runtime.to_tensor(x), runtime.to_tensor(t), runtime.to_tensor(ctx)))
+        want = ref(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(ctx),
+                   class_labels=None if labels is None else torch.from_numpy(labels)).sample.numpy()
+    args = () if labels is None else (runtime.to_tensor(labels),)
+    got = runtime.to_numpy(ours(runtime.to_tensor(x), runtime.to_tensor(t), runtime.to_tensor(ctx), *args))
     assert _rel(got, want) < 1e-4
+    if labels is not None:   # the pooled vector matters: another one changes the output
+        other = runtime.to_numpy(ours(runtime.to_tensor(x), runtime.to_tensor(t), runtime.to_tensor(ctx),
+                                      runtime.to_tensor(labels[::-1].copy())))
+        assert _rel(other, want) > 1e-3
 
 
 @pytest.fixture(scope="module")
