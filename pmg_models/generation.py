@@ -1,8 +1,7 @@
 """Batched generation for Llama: left padding, bucketed static shapes, compiled prefill/decode, host sampling.
 
 Shapes are static so each step compiles once: batch is padded to a power of two (≤ `max_batch`),
-prompts to a length bucket, and the KV cache (a `KVRunner`) to a multiple of 32 slots ≥ prompt + new
-tokens. Sampling runs on the host in NumPy with one generator per row seeded from `seed` alone, so a
+prompts to a length bucket, and the KV cache (a `KVRunner`) to a power of two ≥ prompt + new tokens. Sampling runs on the host in NumPy with one generator per row seeded from `seed` alone, so a
 row's output depends on its prompt and seed, not on what else is in the batch.
 """
 from __future__ import annotations
@@ -19,7 +18,12 @@ from pmg_models import checkpoint, llama, runtime
 from pmg_models.tokenizers import LlamaTokenizer
 
 LENGTH_BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
-MAX_RUNNERS = 3  # cached (batch, cache length) buckets; each holds its own KV cache
+# Cached (batch, cache length) buckets, each with its own KV cache and compiled steps. Evicting one does
+# not give its memory back: MindSpore keeps a compiled graph's memory after the Cell is gone, so a run
+# that cycled through more buckets than this grew by ~300 MB per recompile (tiny Llama, 2.10). Few,
+# coarse buckets (powers of two) and no eviction in practice keep memory flat.
+MAX_RUNNERS = 8
+MIN_CACHE = 64
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +33,15 @@ def length_bucket(n: int) -> int:
         if n <= b:
             return b
     return -(-n // 1024) * 1024
+
+
+def cache_bucket(need: int, max_positions: int) -> int:
+    """KV-cache slots for `need` slots (bucketed prompt + new tokens): the next power of two ≥ need (at
+    least MIN_CACHE), capped at the model's positions, but never fewer than `need` (multiples of 32)."""
+    b = MIN_CACHE
+    while b < need:
+        b *= 2
+    return max(-(-need // 32) * 32, min(b, -(-max_positions // 32) * 32))
 
 
 def batch_bucket(n: int, max_batch: int) -> int:
@@ -160,7 +173,7 @@ class LlamaLM:
             raise ValueError(f"prompt of {longest} tokens + {max_new_tokens} new tokens exceeds the model's "
                              f"max_position_embeddings={self.config.max_position_embeddings}")
         b, t = batch_bucket(n, self.max_batch), length_bucket(longest)
-        cache, prefill, decode = self.runner(b, -(-(t + max_new_tokens) // 32) * 32)
+        cache, prefill, decode = self.runner(b, cache_bucket(t + max_new_tokens, self.config.max_position_embeddings))
         rows = prompts + [[self.tokenizer.bos_id]] * (b - n)
         tokens, real = _left_pad(rows, t, self.tokenizer.pad_id, cache.length)
         rngs = [runtime.host_rng(s) for s in seeds]
@@ -190,7 +203,7 @@ class LlamaLM:
         return generated
 
     def runner(self, batch: int, length: int) -> tuple[llama.KVRunner, object, object]:
-        """(KV cache, prefill step, decode step) for one (batch, cache length) bucket; LRU-evicted.
+        """(KV cache, prefill step, decode step) for one (batch, cache length) bucket; LRU-evicted past MAX_RUNNERS.
 
         The steps are compiled (once per bucket) when runtime.jit_enabled().
         """
@@ -202,7 +215,9 @@ class LlamaLM:
             cache = llama.KVRunner(self.net, batch, length)
             self._runners[key] = (cache, runtime.jit(_Prefill(cache)), runtime.jit(_Decode(cache)))
             while len(self._runners) > MAX_RUNNERS:
-                self._runners.popitem(last=False)
+                evicted, _ = self._runners.popitem(last=False)
+                log.warning("llama: more than %d shape buckets; dropping batch=%d cache=%d (its compiled memory "
+                            "is not returned, and it recompiles if needed again)", MAX_RUNNERS, *evicted)
         return self._runners[key]
 
     def _run_prefill(self, step, tokens: np.ndarray, real: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -42,6 +43,7 @@ from pmg_models.sd.schedulers import Scheduler, make_scheduler
 log = logging.getLogger(__name__)
 Prompt = str | Sequence[tuple[str, float]]
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+TEXT_MEMO = 64    # encoded prompts kept (77·D·4 bytes each: 20 MB at SD 2's D = 1024)
 
 
 def _compile_unet(unet):
@@ -137,6 +139,7 @@ class StableDiffusion:
         self._guided = _compile_unet(unet)
         self._plain = _compile_unguided(unet)
         self._decode = _compile_decode(vae)
+        self._text_memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
 
     @classmethod
     def from_pretrained(cls, directory, scheduler: str | None = None, micro_batch: int = 1,
@@ -185,7 +188,16 @@ class StableDiffusion:
 
     # ------------------------------------------------------------------------------ encode_prompt
     def _text_states(self, ids: np.ndarray) -> np.ndarray:
-        return runtime.to_numpy(self.text_encoder(ids))
+        """(1, 77) ids → (1, 77, D). Memoized: a chunk's candidates share their ids and every image its
+        negative prompt, so most prompts repeat; each is still encoded alone, so the bytes do not change."""
+        key = ids.tobytes()
+        hit = self._text_memo.pop(key, None)
+        if hit is None:
+            hit = runtime.to_numpy(self.text_encoder(ids))
+            if len(self._text_memo) >= TEXT_MEMO:
+                self._text_memo.popitem(last=False)
+        self._text_memo[key] = hit
+        return hit
 
     def _encode_ids(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 77) ids → states (N, 77, D) and pooled (N, D), one prompt per text-encoder call

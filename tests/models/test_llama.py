@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from pmg_models import checkpoint, llama, tokenizers
-from pmg_models.generation import Sampling, batch_bucket, length_bucket
+from pmg_models import generation
+from pmg_models.generation import Sampling, batch_bucket, cache_bucket, length_bucket
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,23 @@ def test_dialog_encoding_puts_bos_eos_per_segment(tiny):
 def test_buckets():
     assert [length_bucket(n) for n in (1, 16, 17, 200, 5000)] == [16, 16, 32, 256, 5120]
     assert [batch_bucket(n, 32) for n in (1, 3, 8, 9, 40)] == [1, 4, 8, 16, 32]
+    assert [cache_bucket(n, 4096) for n in (1, 64, 65, 200, 300, 4096)] == [64, 64, 128, 256, 512, 4096]
+    assert [cache_bucket(n, 500) for n in (300, 500, 560)] == [512, 512, 576]  # capped, but never below need
+
+
+def test_prompt_lengths_do_not_thrash_compiled_buckets(tiny, monkeypatch):
+    """Each (batch, cache) bucket is built once. Rebuilding an evicted one leaked its compiled memory
+    (~300 MB each time on a 2-layer model), which grew a 1,000-user backfill to 5 GB."""
+    _, lm = tiny
+    built = []
+    real = generation.llama.KVRunner
+    monkeypatch.setattr(generation.llama, "KVRunner", lambda net, b, n: built.append((b, n)) or real(net, b, n))
+    lm._runners.clear()
+    words = [2, 20, 45, 70, 100, 140]   # prompt lengths across five length buckets
+    for _ in range(2):
+        for n in words:
+            lm.generate([" ".join(["drama"] * n)] * 3, max_new_tokens=48)
+    assert len(built) == len(set(built)) <= generation.MAX_RUNNERS
 
 
 def test_row_output_does_not_depend_on_batch(tiny):

@@ -250,3 +250,25 @@ def test_pooled_text_conditions_a_projection_unet(pooled_pipe, pipe):
         next(pooled_pipe.denoise(cond, uncond, latents, 2, 3.0))
     with pytest.raises(ValueError, match="no pooled text"):
         next(pipe.denoise(cond, uncond, latents, 2, 3.0, pooled=(pooled, pooled_uncond)))
+
+
+def test_repeated_prompts_are_encoded_once(tiny_dir):
+    pipe = StableDiffusion.from_pretrained(tiny_dir)
+    calls = []
+    encoder = pipe.text_encoder
+
+    class Counting:
+        config = encoder.config
+
+        def __call__(self, ids):
+            calls.append(ids.copy())
+            return encoder(ids)
+
+    cold = pipe.encode_prompt(["red castle", "red castle", "blue sea"], "ugly")
+    pipe.text_encoder = Counting()
+    warm = pipe.encode_prompt(["red castle", "red castle", "blue sea"], "ugly")
+    assert calls == []  # all three prompts and the negative came from the memo
+    for a, b in zip(cold, warm):
+        np.testing.assert_array_equal(a, b)
+    pipe.encode_prompt(["green hill", "green hill"], "ugly")
+    assert len(calls) == 1  # a new prompt once, however often it repeats; the negative is remembered
