@@ -34,10 +34,11 @@ SCHEDULER = {
 }
 
 
-def unet_config(variant: str = "sd2") -> dict:
+def unet_config(variant: str = "sd2", pooled_text: bool = False) -> dict:
+    pooled = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": TEXT_WIDTH} if pooled_text else {}
     return {"_class_name": "UNet2DConditionModel", "_diffusers_version": DIFFUSERS_VERSION, "sample_size": 32,
             "in_channels": 4, "out_channels": 4, "cross_attention_dim": TEXT_WIDTH, "norm_num_groups": 32,
-            "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu", **UNET[variant]}
+            "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu", **UNET[variant], **pooled}
 
 
 def vae_config() -> dict:
@@ -80,8 +81,9 @@ def _write_component(directory: Path, config: dict, tensors: dict | None) -> Non
         save_safetensors(directory / "diffusion_pytorch_model.safetensors", tensors, metadata={"format": "pt"})
 
 
-def init_tiny(directory: Path, seed: int = 0, variant: str = "sd2") -> Path:
-    """Write a tiny random SD folder ('sd2': v-prediction, linear proj; 'sd1': epsilon, conv proj)."""
+def init_tiny(directory: Path, seed: int = 0, variant: str = "sd2", pooled_text: bool = False) -> Path:
+    """Write a tiny random SD folder ('sd2': v-prediction, linear proj; 'sd1': epsilon, conv proj);
+    `pooled_text` adds diffusers' class_embed_type="projection" fed by the pooled text."""
     from pmg_models.clip_tiny import write_tiny_text_encoder
     from pmg_models.clip_tokenizer import write_tiny_tokenizer
     from pmg_models.sd.unet import UNet2DConditionModel, UNetConfig
@@ -91,7 +93,7 @@ def init_tiny(directory: Path, seed: int = 0, variant: str = "sd2") -> Path:
         raise ValueError(f"tiny SD variant {variant!r}; choose one of {sorted(UNET)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    ucfg, vcfg = unet_config(variant), vae_config()
+    ucfg, vcfg = unet_config(variant, pooled_text), vae_config()
     unet_shapes = _shapes(UNet2DConditionModel(UNetConfig.from_dict(ucfg)))
     vae_shapes = _shapes(AutoencoderKL(VAEConfig.from_dict(vcfg)))
     _write_component(directory / "unet", ucfg, random_weights(unet_shapes, seed))

@@ -164,3 +164,26 @@ def test_compiled_training_matches_pynative(tiny_models, tiny_dirs, data, tmp_pa
     for a, b in zip(compiled, eager.curve):
         for k in ("train_loss", "eval_loss"):
             assert (a[k] is None) == (b[k] is None) and (a[k] is None or abs(a[k] - b[k]) < 1e-5), (k, a, b)
+
+
+def test_a_pooled_text_unet_trains_with_each_example_pooled_prompt(tiny_models, tmp_path):
+    """UNets with class_embed_type="projection" see the pooled target prompt in training too."""
+    from pmg_models.sd import init_tiny
+    from pmg_models.sd.pipeline import StableDiffusion
+
+    lm, _ = tiny_models
+    pipe = StableDiffusion.from_pretrained(init_tiny(tmp_path / "sd", seed=0, pooled_text=True))
+    examples = [T.Example(f"{i}:{100 + i}", f"Someone liked {g} movies.", [(f"movie poster, {g}", 1.0)],
+                          poster(i, SIZE)) for i, g in enumerate(GENRES[:4])]
+    data = T.prepare(pipe, examples, SIZE)
+    _, _, pooled, _ = pipe.encode_prompt([e.prompt for e in examples], return_pooled=True)
+    np.testing.assert_array_equal(data.pooled(np.arange(4)), pooled)
+    soft = S.SoftPrompt(S.SoftPromptConfig.for_models(lm.config, pipe.text_width, lm.fingerprint, pipe.fingerprint),
+                        seed=0)
+    trainer = T.Trainer(soft, lm, pipe, data, T.TrainConfig(steps=2, batch=2, eval_examples=2, eval_timesteps=1))
+    before = trainer.eval_loss()
+    data.pooled_text = data.pooled_text[::-1].copy()   # other pooled vectors, other loss: they are used
+    assert trainer.eval_loss() != before
+    result = T.train(soft, lm, pipe, data, T.TrainConfig(steps=2, batch=2, eval_every=2, eval_examples=2,
+                                                         eval_timesteps=1, checkpoint_every=2), tmp_path / "out")
+    assert result.steps == 2

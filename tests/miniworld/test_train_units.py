@@ -1,4 +1,6 @@
 """Pieces of the miniature-world training: schedules, targets, data pairs, CLI wiring."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -130,8 +132,9 @@ def test_sd_init_arrays_survive_training_steps():
     from tasks.miniworld.train_common import adamw, make_step
     from tasks.miniworld.train_sd import init_unet, unet_config
 
-    cfg = SDStageConfig.smoke()
+    cfg = dataclasses.replace(SDStageConfig.smoke(), pooled_text=True)   # the pooled-text option trains too
     unet, arrays = init_unet(unet_config(cfg, 32), seed=1)
+    assert unet.class_conditioned
     before = {k: v.copy() for k, v in arrays.items()}
     unet.set_train(True)
     step = make_step(lambda x, t, c, p, v: ((unet(x, t, c, p) - v) ** 2).mean(),

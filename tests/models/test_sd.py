@@ -209,24 +209,10 @@ def test_real_sd21_configs_parse():
 
 
 @pytest.fixture(scope="module")
-def pooled_pipe(tiny_dir, tmp_path_factory):
+def pooled_pipe(tmp_path_factory):
     """The tiny SD with diffusers' class_embed_type="projection" fed by the pooled text."""
-    from safetensors.numpy import load_file, save_file
-
-    from pmg_models.sd.tiny import random_weights
-
-    path = tmp_path_factory.mktemp("sd_pooled") / "tiny"
-    shutil.copytree(tiny_dir, path)
-    cfg_file, weights_file = path / "unet" / "config.json", path / "unet" / "diffusion_pytorch_model.safetensors"
-    cfg = json.loads(cfg_file.read_text())
-    cfg.update(class_embed_type="projection", projection_class_embeddings_input_dim=32)
-    cfg_file.write_text(json.dumps(cfg))
-    tensors = load_file(str(weights_file))
-    tensors.update(random_weights({"class_embedding.linear_1.weight": (128, 32), "class_embedding.linear_1.bias": (128,),
-                                   "class_embedding.linear_2.weight": (128, 128),
-                                   "class_embedding.linear_2.bias": (128,)}, seed=9))
-    save_file(tensors, str(weights_file))
-    return StableDiffusion.from_pretrained(path)
+    return StableDiffusion.from_pretrained(init_tiny(tmp_path_factory.mktemp("sd_pooled") / "tiny", seed=0,
+                                                     pooled_text=True))
 
 
 def test_pooled_text_conditions_a_projection_unet(pooled_pipe, pipe):
