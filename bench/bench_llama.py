@@ -88,12 +88,14 @@ def _timed(fn) -> float:
 
 
 def bench_ours(lm, prompts: np.ndarray, new_tokens: int) -> dict:
-    from pmg_models.generation import Sampling
+    from pmg_models.generation import Sampling, cache_bucket, length_bucket
 
     rows = prompts.tolist()
     b = len(rows)
     seeds = [0] * b
-    cache, prefill, _ = lm.runner(b, -(-(prompts.shape[1] + new_tokens) // 32) * 32)
+    # the bucket generate() itself picks, so the timed prefill and the generation share one runner
+    need = length_bucket(prompts.shape[1]) + new_tokens
+    cache, prefill, _ = lm.runner(b, cache_bucket(need, lm.config.max_position_embeddings))
     real = np.zeros((b, cache.length), np.int32)
     real[:, :prompts.shape[1]] = 1
     first_prefill = _timed(lambda: lm._run_prefill(prefill, prompts.astype(np.int32), real))
