@@ -272,6 +272,12 @@ def causal_mask(batch: int, t: int, attention_mask=None) -> np.ndarray:
     return mask
 
 
+def pool(states: np.ndarray, input_ids: np.ndarray, eos_token_id: int) -> np.ndarray:
+    """(B, T, D) final-normed states → (B, D) at the position HF pools (`pooler_output`)."""
+    ids = np.asarray(input_ids)
+    return states[np.arange(len(ids)), pooled_positions(ids, eos_token_id)]
+
+
 def pooled_positions(input_ids: np.ndarray, eos_token_id: int) -> np.ndarray:
     """The position HF pools per row: argmax(ids) for legacy eos_token_id == 2, else the first eos."""
     ids = np.asarray(input_ids)
@@ -380,8 +386,7 @@ class CLIPTextModel:
     def pooled(self, input_ids) -> np.ndarray:
         """(B, D) pooled output (HF `pooler_output`): the final-normed state at the eos position."""
         ids = np.asarray(input_ids)
-        last = runtime.to_numpy(self.forward(ids))
-        return last[np.arange(len(ids)), pooled_positions(ids, self.config.eos_token_id)]
+        return pool(runtime.to_numpy(self.forward(ids)), ids, self.config.eos_token_id)
 
 
 class CLIPModel:

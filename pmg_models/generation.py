@@ -1,8 +1,9 @@
 """Batched generation for Llama: left padding, bucketed static shapes, compiled prefill/decode, host sampling.
 
 Shapes are static so each step compiles once: batch is padded to a power of two (≤ `max_batch`),
-prompts to a length bucket, and the KV cache (a `KVRunner`) to a power of two ≥ prompt + new tokens. Sampling runs on the host in NumPy with one generator per row seeded from `seed` alone, so a
-row's output depends on its prompt and seed, not on what else is in the batch.
+prompts to a length bucket, and the KV cache (a `KVRunner`) to a power of two ≥ prompt + new tokens.
+Sampling runs on the host in NumPy with one generator per row seeded from `seed` alone, so a row's
+output depends on its prompt and seed, not on what else is in the batch.
 """
 from __future__ import annotations
 

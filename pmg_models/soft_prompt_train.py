@@ -214,16 +214,12 @@ class DenoisingLoss(nn.Cell):
     def __init__(self, encoder: S.SoftPromptEncoder, unet, w_soft: float):
         super().__init__(auto_prefix=False)
         self.encoder, self.unet, self.w_soft = encoder, unet, float(w_soft)
-        self.pooled_conditioned = bool(unet.config.class_embed_type)
 
     def construct(self, input_ids, attention_mask, position_ids, onehot, text_states, noisy, timesteps, target,
                   pooled):
         soft = self.encoder(input_ids, attention_mask, position_ids, onehot) * self.w_soft  # (B,M,D) fp32
         context = ops.cat((text_states, soft.astype(text_states.dtype)), 1)               # (B,77+M,D)
-        if self.pooled_conditioned:
-            pred = self.unet(noisy, timesteps, context, pooled).astype(ms.float32)
-        else:
-            pred = self.unet(noisy, timesteps, context).astype(ms.float32)
+        pred = self.unet(noisy, timesteps, context, pooled).astype(ms.float32)  # ignored without class embedding
         return ((pred - target) ** 2).mean()
 
 

@@ -131,7 +131,7 @@ class StableDiffusion:
         if text_encoder.config.hidden_size != self.text_width:
             raise ValueError(f"text encoder width {text_encoder.config.hidden_size} does not match the UNet's "
                              f"cross_attention_dim {self.text_width}")
-        self.pooled_conditioned = bool(unet.config.class_embed_type)
+        self.pooled_conditioned = unet.class_conditioned
         if self.pooled_conditioned and unet.config.projection_class_embeddings_input_dim != self.text_width:
             raise ValueError(f"the UNet's projection_class_embeddings_input_dim "
                              f"{unet.config.projection_class_embeddings_input_dim} is not the pooled text width "
@@ -202,10 +202,10 @@ class StableDiffusion:
     def _encode_ids(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 77) ids → states (N, 77, D) and pooled (N, D), one prompt per text-encoder call
         (batch-independent bytes)."""
-        from pmg_models.clip import pooled_positions
+        from pmg_models.clip import pool
 
         states = np.stack([self._text_states(ids[i:i + 1])[0] for i in range(len(ids))]).astype(np.float32)
-        return states, states[np.arange(len(ids)), pooled_positions(ids, self.text_encoder.config.eos_token_id)]
+        return states, pool(states, ids, self.text_encoder.config.eos_token_id)
 
     def _encode_one(self, prompt: Prompt) -> tuple[np.ndarray, np.ndarray]:
         limit = self.tokenizer.model_max_length - 2

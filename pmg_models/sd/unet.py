@@ -449,6 +449,7 @@ class UNet2DConditionModel(nn.Cell):
         return ops.cat((cos, sin) if self.config.flip_sin_to_cos else (sin, cos), -1)
 
     def construct(self, sample, timesteps, context, class_labels=None):
+        """`class_labels` is used only by a class-conditioned UNet (and ignored otherwise)."""
         temb = self.time_embedding(self.time_features(timesteps).astype(sample.dtype))
         if self.class_conditioned:
             temb = temb + self.class_embedding(class_labels.astype(sample.dtype))

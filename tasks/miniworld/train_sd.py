@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from pmg_models import checkpoint, runtime
-from pmg_models.clip import CLIPTextModel, CLIPTokenizer, pooled_positions
+from pmg_models.clip import CLIPTextModel, CLIPTokenizer, pool
 from pmg_models.sd.pipeline import StableDiffusion
 from pmg_models.sd.schedulers import make_scheduler
 from pmg_models.sd.unet import UNet2DConditionModel, UNetConfig
@@ -155,7 +155,7 @@ def encode_captions(sd_dir: Path, texts: list[str], chunk: int = 64) -> tuple[np
         padded = np.concatenate([rows, np.repeat(rows[-1:], chunk - len(rows), 0)]) if len(rows) < chunk else rows
         out.append(runtime.to_numpy(encoder(padded))[:len(rows)])
     states = np.concatenate(out).astype(np.float32)
-    return states, states[np.arange(len(ids)), pooled_positions(ids, encoder.config.eos_token_id)]
+    return states, pool(states, ids, encoder.config.eos_token_id)
 
 
 def v_target(x0, eps, t, alphas_cumprod):
@@ -257,7 +257,7 @@ def train_sd(out_dir, clip_dir, seed: int = 0, cfg: SDStageConfig = SDStageConfi
                       cfg.bias_correction)
 
     def forward(x_t, t, context, pooled_text, target):
-        pred = unet(x_t, t, context, pooled_text) if cfg.pooled_text else unet(x_t, t, context)
+        pred = unet(x_t, t, context, pooled_text)   # a UNet without class embedding ignores pooled_text
         return ((pred - target) ** 2).mean()
 
     step = make_step(forward, optimizer)
