@@ -78,9 +78,11 @@ def one_request(req: dict, models: dict, p: dict, timer: Timer) -> dict:
 
     target_kw = item_kw(req["title"], req["genres"])
     hist_kw = {h["movie_id"]: item_kw(h["title"], h["genres"]) for h in req["history"]}
-    items_text = history.serialize_items(req["history"], hist_kw)
-    pref_kw = ask(prompts.build_preference_prompt(items_text, p["n_pref_keywords"], p["prompt_style"]),
-                  p["max_new_tokens_pref"], p["n_pref_keywords"])
+    def pref_prompt(text: str) -> str:
+        return prompts.build_preference_prompt(text, p["n_pref_keywords"], p["prompt_style"])
+
+    _, items_text = history.fit_to_model(lm, req["history"], hist_kw, pref_prompt, p["max_new_tokens_pref"])
+    pref_kw = ask(pref_prompt(items_text), p["max_new_tokens_pref"], p["n_pref_keywords"])
     del lm
 
     sd = timer.timed("load", "sd", StableDiffusion.from_pretrained, models["sd"])

@@ -124,7 +124,11 @@ def fill_preferences(lm, pairset: PairSet, n: int = 8, style: str = "vicuna", ma
     """Generate preference keywords for pairs without stored ones for their held-out history."""
     todo = [p for p in pairset.pairs if p.pref_keywords is None]
     if todo:
-        texts = [prompts.build_preference_prompt(items_text(p, pairset.item_keywords), n, style) for p in todo]
+        def prompt_of(text: str) -> str:
+            return prompts.build_preference_prompt(text, n, style)
+
+        texts = [prompt_of(history.fit_to_model(lm, p.history, pairset.item_keywords, prompt_of, max_new_tokens)[1])
+                 for p in todo]
         outs = lm.generate(texts, max_new_tokens=max_new_tokens, temperature=0.0, stop=["###", "</s>"], seed=seed)
         for p, raw in zip(todo, outs):
             p.pref_keywords = keywords.parse_keywords(raw, n).keywords

@@ -94,16 +94,16 @@ def preferences(rows: list[dict], p: dict) -> ChunkResult:
     soft = bool(p.get("soft_prompt"))
     res = ChunkResult(tables={"user_preferences": [], **({"preference_embeddings": []} if soft else {})})
     keys = [str(r["user_id"]) for r in rows]
-    items_texts = [history.serialize_items(r["history"], {int(k): v for k, v in r["item_keywords"].items()})
-                   for r in rows]
-    texts = [prompts.build_preference_prompt(t, p["n_pref_keywords"], p["prompt_style"]) for t in items_texts]
+    kept = {}  # row index -> the history items its prompt used
 
     def batch(idx):
-        raw = _generate([texts[i] for i in idx], p, p["max_new_tokens_pref"])
-        emb = _soft_embeddings([items_texts[i] for i in idx], p) if soft else [None] * len(idx)
+        fitted = [_fit_history(rows[i], p) for i in idx]
+        kept.update((i, items) for i, (items, _) in zip(idx, fitted))
+        raw = _generate([_preference_prompt(text, p) for _, text in fitted], p, p["max_new_tokens_pref"])
+        emb = _soft_embeddings([text for _, text in fitted], p) if soft else [None] * len(idx)
         return list(zip(raw, emb))
 
-    for r, (made, err) in zip(rows, _isolated("preferences", keys, batch)):
+    for i, (r, (made, err)) in enumerate(zip(rows, _isolated("preferences", keys, batch))):
         key = str(r["user_id"])
         if err is not None:
             res.failed(key, r["fingerprint"], err)
@@ -113,7 +113,7 @@ def preferences(rows: list[dict], p: dict) -> ChunkResult:
         res.tables["user_preferences"].append({
             "user_id": r["user_id"], "keywords": parsed.keywords, "raw_output": raw,
             "history_fingerprint": r["history_fingerprint"],
-            "history_movie_ids": [h["movie_id"] for h in r["history"]], "parse_ok": parsed.ok,
+            "history_movie_ids": [h["movie_id"] for h in kept[i]], "parse_ok": parsed.ok,
             "run_id": p["run_id"]})
         if emb is not None:
             rel, _ = images.put_array(Path(p["root"]), emb)
@@ -122,6 +122,19 @@ def preferences(rows: list[dict], p: dict) -> ChunkResult:
                 "n_tokens": int(emb.shape[0]), "dim": int(emb.shape[1]), "path": rel, "run_id": p["run_id"]})
         res.done(key, r["fingerprint"])
     return res
+
+
+def _preference_prompt(items_text: str, p: dict) -> str:
+    return prompts.build_preference_prompt(items_text, p["n_pref_keywords"], p["prompt_style"])
+
+
+def _fit_history(row: dict, p: dict) -> tuple[list, str]:
+    """The user's history, shortened (least-liked items first) until the preference prompt and its new
+    tokens fit the LLM's context; `history_movie_ids` records what was kept."""
+    with resources.DEVICE_LOCK:
+        lm = resources.llm(p["models"]["llm"])
+    return history.fit_to_model(lm, row["history"], {int(k): v for k, v in row["item_keywords"].items()},
+                                lambda text: _preference_prompt(text, p), p["max_new_tokens_pref"])
 
 
 def _soft_embeddings(items_texts: list[str], p: dict) -> list[np.ndarray]:

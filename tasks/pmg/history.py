@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tasks.pmg.prompts import MAX_TITLE_CHARS, genres_text, prompt_version, sanitize_field
 
@@ -130,6 +130,28 @@ def serialize_items(items: Iterable, item_keywords: Mapping[int, list[str]] | No
         item = _as_item(item)
         parts.append(f"{i}. {serialize_item(item, item_keywords.get(item.movie_id), n_keywords)}")
     return " ".join(parts)
+
+
+def fit_items(items: Sequence, item_keywords: Mapping[int, list[str]] | None, prompt_of: Callable[[str], str],
+              n_tokens: Callable[[str], int], budget: int) -> tuple[list, str]:
+    """The longest prefix of a best-first history whose prompt fits in `budget` tokens, and its text.
+
+    Histories are ordered best first, so the items dropped are the user's least-liked; at least one item
+    is always kept (a prompt that still does not fit then fails with the model's own error).
+    """
+    items = list(items)
+    for k in range(len(items), 1, -1):
+        text = serialize_items(items[:k], item_keywords)
+        if n_tokens(prompt_of(text)) <= budget:
+            return items[:k], text
+    return items[:1], serialize_items(items[:1], item_keywords)
+
+
+def fit_to_model(lm, items: Sequence, item_keywords: Mapping[int, list[str]] | None,
+                 prompt_of: Callable[[str], str], max_new_tokens: int) -> tuple[list, str]:
+    """fit_items with the budget of a loaded LLM: its context minus the tokens it will generate."""
+    return fit_items(items, item_keywords, prompt_of, lambda text: len(lm.tokenizer.encode(text, bos=True)),
+                     lm.config.max_position_embeddings - max_new_tokens)
 
 
 def history_fingerprint(items: Iterable, n: int = 5, version: str | None = None) -> str:

@@ -1,7 +1,7 @@
 """History selection, the original's item serialization, fingerprints."""
 from datetime import datetime, timezone
 
-from tasks.pmg.history import history_fingerprint, select_history, serialize_items, strip_year
+from tasks.pmg.history import fit_items, history_fingerprint, select_history, serialize_items, strip_year
 
 ROWS = [
     dict(movie_id=1, title="Toy Story (1995)", genres=["Adventure", "Animation"], rating=4.0, rated_at=300),
@@ -69,3 +69,24 @@ def test_fingerprint_golden():
 
 
 GOLDEN_FP = "775a39e20479e32d7b5e3e45ab41c7c1808085d2deaae3ff4da4538fb89b9355"
+
+
+def test_fit_items_drops_least_liked_items_until_the_prompt_fits():
+    items = select_history(ROWS, n=10)          # best first: 3, 2, 1, 5, 6
+    kw = {m: ["keyword"] * 5 for m in range(1, 7)}
+
+    def prompt_of(text):
+        return "Summarize: " + text
+
+    def n_words(text):
+        return len(text.split())
+
+    full = n_words(prompt_of(serialize_items(items, kw)))
+    kept, text = fit_items(items, kw, prompt_of, n_words, budget=full)
+    assert [it.movie_id for it in kept] == [3, 2, 1, 5, 6] and text == serialize_items(items, kw)
+    kept, text = fit_items(items, kw, prompt_of, n_words, budget=full - 1)
+    assert [it.movie_id for it in kept] == [3, 2, 1, 5]            # the least-liked item went first
+    assert text == serialize_items(items[:4], kw) and n_words(prompt_of(text)) <= full - 1
+    kept, text = fit_items(items, kw, prompt_of, n_words, budget=1)  # nothing fits: the best item stays
+    assert [it.movie_id for it in kept] == [3]
+    assert fit_items([], kw, prompt_of, n_words, budget=1) == ([], "")
