@@ -5,7 +5,9 @@ Prefill = one prompt pass producing last-position logits (transformers: `logits_
 `generate` does). Decode = per-token steps with a KV cache (transformers: DynamicCache + argmax loop).
 Compile time is the first call minus a warm call. Peak RSS while loading is measured in a fresh
 subprocess against the RSS just before the weights are read. Decode is also compared with the
-memory-bandwidth limit: weight bytes per step ÷ measured copy bandwidth.
+memory-bandwidth limit: weight bytes per step ÷ measured copy bandwidth, and prefill with the machine's
+fp32 GEMM ceiling (the best of NumPy's BLAS and PyTorch on a 2048³ matmul, same run): the share of it
+each side reaches bounds what any speed-up over transformers can be.
 
     .venv/bin/python -m bench.bench_llama --sizes tiny --batches 1,8
     .venv/bin/python -m bench.bench_llama --sizes tiny,170m --batches 1,8,32 --append BENCHMARKS.md
@@ -81,6 +83,28 @@ def bandwidth_gbs() -> float:
     return 2 * a.nbytes / best / 1e9
 
 
+def peak_gflops() -> float:
+    """The machine's fp32 GEMM ceiling in this run: the best of NumPy's BLAS and PyTorch on 2048^3."""
+    import torch
+    from bench.machine import peak_matmul_gflops
+
+    a = torch.randn(2048, 2048)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(5))
+    return max(peak_matmul_gflops(), 2 * 2048**3 / best / 1e9)
+
+
+def prefill_gflop(cfg, batch: int, prompt_len: int) -> float:
+    """Useful FLOPs of one prefill: the linear layers, causal attention (half the score square) and the
+    last position's logits."""
+    h, i, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    d = cfg.head_dim
+    proj = h * d * (cfg.num_attention_heads * 2 + cfg.num_key_value_heads * 2) + 3 * h * i
+    attn = 2 * cfg.num_attention_heads * d * prompt_len * (prompt_len + 1) / 2
+    tokens = batch * prompt_len
+    return (2 * n * (proj * tokens + attn * batch) + 2 * batch * h * cfg.vocab_size) / 1e9
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -131,7 +155,8 @@ def bench_torch(model, prompts: np.ndarray, new_tokens: int) -> dict:
     return {"prefill_s": warm_prefill, "step_s": (warm_gen - warm_prefill) / (new_tokens - 1)}
 
 
-def run(size: str, batches: list[int], prompt_len: int, new_tokens: int, root: Path, bw: float) -> list[str]:
+def run(size: str, batches: list[int], prompt_len: int, new_tokens: int, root: Path, bw: float,
+        peak: float) -> list[str]:
     import torch
     import transformers
     from pmg_models import llama
@@ -148,18 +173,21 @@ def run(size: str, batches: list[int], prompt_len: int, new_tokens: int, root: P
         prompts = np.random.default_rng(b).integers(3, lm.config.vocab_size, (b, prompt_len))
         ours, ref = bench_ours(lm, prompts, new_tokens), bench_torch(hf, prompts, new_tokens)
         limit_ms = rss["weight_bytes"] / (bw * 1e9) * 1e3  # every decode step reads all weights once
+        gflop = prefill_gflop(lm.config, b, prompt_len)
         rows.append(
             f"| {size} ({weight_mb:.0f} MB) | {b} | {b * prompt_len / ours['prefill_s']:.0f} | "
             f"{b * prompt_len / ref['prefill_s']:.0f} | {ref['prefill_s'] / ours['prefill_s']:.2f}× | "
+            f"{100 * gflop / ours['prefill_s'] / peak:.0f}% / {100 * gflop / ref['prefill_s'] / peak:.0f}% | "
             f"{b / ours['step_s']:.1f} | {b / ref['step_s']:.1f} | {ref['step_s'] / ours['step_s']:.2f}× | "
             f"{ours['step_s'] * 1e3:.1f} / {limit_ms:.1f} | {ours['compile_s']:.1f} | "
             f"{rss_ratio:.2f}× ({rss['seconds']:.2f} s) |")
     return rows
 
 
-HEADER = ("| model | batch | prefill tok/s ours | prefill tok/s torch | prefill speedup | decode tok/s ours | "
+HEADER = ("| model | batch | prefill tok/s ours | prefill tok/s torch | prefill speedup | "
+          "prefill % of peak GEMM ours / torch | decode tok/s ours | "
           "decode tok/s torch | decode speedup | decode step ms / bandwidth floor ms | compile s | "
-          "load peak RSS / weights (load time) |\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "load peak RSS / weights (load time) |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv=None) -> int:
@@ -175,15 +203,16 @@ def main(argv=None) -> int:
     if args.load_rss:
         print(json.dumps(load_rss(args.load_rss)))
         return 0
-    bw = bandwidth_gbs()
+    bw, peak = bandwidth_gbs(), peak_gflops()
     lines = [f"\n### Llama: pmg_models vs transformers ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
-             f"{os.cpu_count()} CPUs, copy bandwidth {bw:.1f} GB/s, prompt {args.prompt_len}, "
+             f"{os.cpu_count()} CPUs, copy bandwidth {bw:.1f} GB/s, peak fp32 GEMM {peak:.0f} GFLOP/s, "
+             f"prompt {args.prompt_len}, "
              f"{args.new_tokens} new tokens)\n",
              f"`{' '.join(['python -m bench.bench_llama'] + (argv or sys.argv[1:]))}`\n", HEADER]
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):
             lines += run(size, [int(b) for b in args.batches.split(",")], args.prompt_len, args.new_tokens,
-                         Path(tmp), bw)
+                         Path(tmp), bw, peak)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.append:
