@@ -180,6 +180,14 @@ class LlamaAttention(nn.Cell):
             keys, values = ops.concat([prefix_k, k], 2), ops.concat([prefix_v, v], 2)
         return self._attend(q, keys, values, mask), k, v
 
+    def last_query(self, x, cos, sin, mask):
+        """Keys/values of every position, attention for the last query only: (out (B,1,C), k, v)."""
+        b, t = x.shape[0], x.shape[1]
+        q = _rotate(self.q_proj(x[:, -1:]).reshape(b, 1, self.n_heads, self.d), cos[:, -1:], sin[:, -1:])
+        k = _rotate(self.k_proj(x).reshape(b, t, self.n_kv, self.d), cos, sin).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(b, t, self.n_kv, self.d).transpose(0, 2, 1, 3)
+        return self._attend(q, k, v, mask[:, :, :, -1:]), k, v
+
     def step(self, x, cos, sin, mask, k_cache, v_cache, index):
         """Write this step's keys/values into the cache Parameters in place at `index` (B,Hkv,T,3), then attend."""
         q, k, v = self._qkv(x, cos, sin)
@@ -211,6 +219,12 @@ class LlamaDecoderLayer(nn.Cell):
     def construct(self, h, cos, sin, mask, prefix_k=None, prefix_v=None):
         attn, k, v = self.self_attn(self.input_layernorm(h), cos, sin, mask, prefix_k, prefix_v)
         h = h + attn
+        return h + self.mlp(self.post_attention_layernorm(h)), k, v
+
+    def last_position(self, h, cos, sin, mask):
+        """The layer's output at the last position only (B,1,C), with every position's keys/values."""
+        attn, k, v = self.self_attn.last_query(self.input_layernorm(h), cos, sin, mask)
+        h = h[:, -1:] + attn
         return h + self.mlp(self.post_attention_layernorm(h)), k, v
 
     def step(self, h, cos, sin, mask, k_cache, v_cache, index):
@@ -326,8 +340,11 @@ class KVRunner(nn.Cell):
         model = self.lm.model
         cos, sin = model.rope(position_ids)
         h = model.embed_tokens(input_ids)
+        last = len(model.layers) - 1
         for i, layer in enumerate(model.layers):
-            h, k, v = layer(h, cos, sin, mask)
+            # only the last position's logits are returned: the last layer needs every position's keys
+            # and values (for the cache) but queries, attention output and MLP for one position only
+            h, k, v = layer.last_position(h, cos, sin, mask) if i == last else layer(h, cos, sin, mask)
             h = ops.depend(h, self.scatter(self.k_cache[i], index, k))
             h = ops.depend(h, self.scatter(self.v_cache[i], index, v))
         return self.lm.logits(model.norm(h[:, -1]))

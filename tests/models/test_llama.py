@@ -131,6 +131,21 @@ def test_row_output_does_not_depend_on_batch(tiny):
     assert lm.generate(prompts, **kw) == together  # deterministic
 
 
+def test_prefill_last_position_logits_match_the_full_forward(tiny):
+    # the prefill skips the last layer's work for every position but the last (left-padded rows)
+    _, lm = tiny
+    rows = [lm.tokenizer.encode(p) for p in ("The user liked Heat", "A much longer prompt about Amélie and rain")]
+    t = max(map(len, rows))
+    tokens = np.array([[lm.tokenizer.pad_id] * (t - len(r)) + r for r in rows], np.int32)
+    mask = (np.arange(t)[None] >= (t - np.array([len(r) for r in rows]))[:, None]).astype(np.int32)
+    cache, prefill, _ = lm.runner(2, cache_bucket(t + 4, lm.config.max_position_embeddings))
+    real = np.zeros((2, cache.length), np.int32)
+    real[:, :t] = mask
+    got = lm._run_prefill(prefill, tokens, real)
+    want = lm.logits(tokens, mask)[:, -1]
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
 def test_greedy_batch_chunks_and_stop_strings(tiny):
     _, lm = tiny
     lm.max_batch = 2
