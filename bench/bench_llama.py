@@ -95,8 +95,9 @@ def peak_gflops() -> float:
 
 
 def prefill_gflop(cfg, batch: int, prompt_len: int) -> float:
-    """Useful FLOPs of one prefill: the linear layers, causal attention (half the score square) and the
-    last position's logits."""
+    """FLOPs of a standard prefill (what transformers computes): every layer at every position, causal
+    attention (half the score square), the last position's logits. Ours skips the last layer's work for
+    all positions but the last, so its share of the peak reads as work-equivalent."""
     h, i, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     d = cfg.head_dim
     proj = h * d * (cfg.num_attention_heads * 2 + cfg.num_key_value_heads * 2) + 3 * h * i
