@@ -152,12 +152,18 @@ class LlamaAttention(nn.Cell):
         self.bmm = ops.BatchMatMul()
         self.scatter = ops.ScatterNdUpdate()
 
-    def _qkv(self, x, cos, sin):
+    def _q(self, x, cos, sin):
         b, t = x.shape[0], x.shape[1]
-        q = _rotate(self.q_proj(x).reshape(b, t, self.n_heads, self.d), cos, sin)
+        return _rotate(self.q_proj(x).reshape(b, t, self.n_heads, self.d), cos, sin)  # (B,T,H,D)
+
+    def _kv(self, x, cos, sin):
+        b, t = x.shape[0], x.shape[1]
         k = _rotate(self.k_proj(x).reshape(b, t, self.n_kv, self.d), cos, sin)
         v = self.v_proj(x).reshape(b, t, self.n_kv, self.d)
-        return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # q (B,T,H,D); k, v (B,Hkv,T,D)
+        return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B,Hkv,T,D)
+
+    def _qkv(self, x, cos, sin):
+        return (self._q(x, cos, sin), *self._kv(x, cos, sin))
 
     def _attend(self, q, k, v, mask):
         """q (B,T,H,D) against k, v (B,Hkv,S,D); mask additive (B,1,1,T,S). Query heads are grouped per
@@ -182,11 +188,8 @@ class LlamaAttention(nn.Cell):
 
     def last_query(self, x, cos, sin, mask):
         """Keys/values of every position, attention for the last query only: (out (B,1,C), k, v)."""
-        b, t = x.shape[0], x.shape[1]
-        q = _rotate(self.q_proj(x[:, -1:]).reshape(b, 1, self.n_heads, self.d), cos[:, -1:], sin[:, -1:])
-        k = _rotate(self.k_proj(x).reshape(b, t, self.n_kv, self.d), cos, sin).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(b, t, self.n_kv, self.d).transpose(0, 2, 1, 3)
-        return self._attend(q, k, v, mask[:, :, :, -1:]), k, v
+        k, v = self._kv(x, cos, sin)
+        return self._attend(self._q(x[:, -1:], cos[:, -1:], sin[:, -1:]), k, v, mask[:, :, :, -1:]), k, v
 
     def step(self, x, cos, sin, mask, k_cache, v_cache, index):
         """Write this step's keys/values into the cache Parameters in place at `index` (B,Hkv,T,3), then attend."""

@@ -97,7 +97,7 @@ def preferences(rows: list[dict], p: dict) -> ChunkResult:
     kept = {}  # row index -> the history items its prompt used
 
     def batch(idx):
-        fitted = [_fit_history(rows[i], p) for i in idx]
+        fitted = _fit_histories([rows[i] for i in idx], p)
         kept.update((i, items) for i, (items, _) in zip(idx, fitted))
         raw = _generate([_preference_prompt(text, p) for _, text in fitted], p, p["max_new_tokens_pref"])
         emb = _soft_embeddings([text for _, text in fitted], p) if soft else [None] * len(idx)
@@ -128,13 +128,14 @@ def _preference_prompt(items_text: str, p: dict) -> str:
     return prompts.build_preference_prompt(items_text, p["n_pref_keywords"], p["prompt_style"])
 
 
-def _fit_history(row: dict, p: dict) -> tuple[list, str]:
-    """The user's history, shortened (least-liked items first) until the preference prompt and its new
+def _fit_histories(rows: list[dict], p: dict) -> list[tuple[list, str]]:
+    """Each user's history, shortened (least-liked items first) until the preference prompt and its new
     tokens fit the LLM's context; `history_movie_ids` records what was kept."""
     with resources.DEVICE_LOCK:
         lm = resources.llm(p["models"]["llm"])
-    return history.fit_to_model(lm, row["history"], {int(k): v for k, v in row["item_keywords"].items()},
-                                lambda text: _preference_prompt(text, p), p["max_new_tokens_pref"])
+    return [history.fit_to_model(lm, r["history"], {int(k): v for k, v in r["item_keywords"].items()},
+                                 lambda text: _preference_prompt(text, p), p["max_new_tokens_pref"])
+            for r in rows]
 
 
 def _soft_embeddings(items_texts: list[str], p: dict) -> list[np.ndarray]:
