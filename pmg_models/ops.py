@@ -13,7 +13,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter
 
-from pmg_models import runtime
+from pmg_models import kernels, runtime
 
 _FUSED = runtime.is_ascend() and os.environ.get("PMG_FUSED_OPS", "0") == "1"
 
@@ -49,30 +49,127 @@ class LayerNorm(nn.Cell):
         self.weight = _ones(dim)
         self.bias = _zeros(dim)
         self.norm = ops.LayerNorm(-1, -1, eps)
+        self.kernel = _native("LayerNorm", _same_shape, _layer_norm_bprop)
+        self.eps = ms.Tensor([eps], ms.float32)
 
     def construct(self, x):
+        if self.kernel is not None:
+            return self.kernel(x, self.weight, self.bias, self.eps)
         return self.norm(x, self.weight, self.bias)[0]
 
 
 class GroupNorm(nn.Cell):
-    """GroupNorm on NCHW built from reductions (nn.GroupNorm's CPU kernel is ~45x slower than torch's)."""
+    """GroupNorm on NCHW, optionally followed by SiLU (`silu=True`, the ResNet blocks' norm → SiLU pair).
 
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
+    Native kernel: one pass per group for norm, affine and SiLU. Classic form: a LayerNorm over
+    (B*G, C/G*H*W) rows plus the per-channel affine (oneDNN's LayerNorm does mean and variance in one
+    fused pass; 2-3x faster here than reductions and than nn.GroupNorm, whose CPU kernel is ~45x torch's).
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 silu: bool = False):
         super().__init__()
         self.num_groups = num_groups
-        self.eps = eps
+        self.silu = silu
         self.weight = _ones(num_channels)
         self.bias = _zeros(num_channels)
+        self.layer_norm = ops.LayerNorm(-1, -1, eps)
+        self.kernel = _native("GroupNormSiLU" if silu else "GroupNorm", _same_shape,
+                              _group_norm_silu_bprop if silu else _group_norm_bprop)
+        self.eps = ms.Tensor([eps], ms.float32)
 
     def construct(self, x):
         b, c, h, w = x.shape
-        g = x.reshape(b, self.num_groups, -1)
-        mean = ops.mean(g, -1, keep_dims=True)
-        centered = g - mean
-        var = ops.mean(centered * centered, -1, keep_dims=True)
-        g = centered * ops.rsqrt(var + self.eps)
-        x = g.reshape(b, c, h, w)
-        return x * self.weight.reshape(1, c, 1, 1) + self.bias.reshape(1, c, 1, 1)
+        g = self.num_groups
+        if self.kernel is not None:
+            return self.kernel(x.reshape(b, g, c // g, h * w), self.weight, self.bias, self.eps).reshape(b, c, h, w)
+        n = (c // g) * h * w
+        y = self.layer_norm(x.reshape(b * g, n), ops.ones((n,), x.dtype), ops.zeros((n,), x.dtype))[0]
+        y = y.reshape(b, c, h, w) * self.weight.reshape(1, c, 1, 1) + self.bias.reshape(1, c, 1, 1)
+        return ops.silu(y) if self.silu else y
+
+
+class GEGLU(nn.Cell):
+    """`h * gelu(gate)` for `[h | gate]` on the last axis (the exact, erf GELU); no parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _native("GEGLU", _half_last, _geglu_bprop)
+
+    def construct(self, x):
+        if self.kernel is not None:
+            return self.kernel(x)
+        h, gate = ops.chunk(x, 2, -1)
+        return h * gelu_exact(gate)
+
+
+# --- native CPU kernels (pmg_models/kernels) and their gradients, written with classic ops ---
+
+def _same_shape(x, *_):
+    return x
+
+
+def _half_last(x):
+    return tuple(x[:-1]) + (x[-1] // 2,)
+
+
+def _native(name: str, out_shape, bprop):
+    """The fused CPU kernel `name` as a Custom op, or None where the classic ops must run (see kernels)."""
+    if runtime.is_ascend() or runtime.compute_dtype() != ms.float32:
+        return None
+    library = kernels.library()
+    if library is None:
+        return None
+    return ops.Custom(f"{library}:{name}", out_shape=out_shape, out_dtype=lambda x, *_: x, func_type="aot",
+                      bprop=bprop)
+
+
+def _normalize_grad(dy, xhat, rstd, axes):
+    """d(loss)/dx of xhat = (x - mean) * rstd over `axes`, given d(loss)/dxhat = dy."""
+    return rstd * (dy - ops.mean(dy, axes, keep_dims=True) - xhat * ops.mean(dy * xhat, axes, keep_dims=True))
+
+
+def _standardize(x, eps, axes):
+    centered = x - ops.mean(x, axes, keep_dims=True)
+    rstd = ops.rsqrt(ops.mean(centered * centered, axes, keep_dims=True) + eps)
+    return centered * rstd, rstd
+
+
+def _group_norm_backward(x, weight, bias, eps, dout, silu: bool):
+    _, g, cg, _ = x.shape
+    xhat, rstd = _standardize(x, eps, (2, 3))
+    w = weight.reshape(1, g, cg, 1)
+    dy = dout
+    if silu:
+        y = xhat * w + bias.reshape(1, g, cg, 1)
+        s = ops.sigmoid(y)
+        dy = dout * s * (1.0 + y * (1.0 - s))
+    dw = (dy * xhat).sum((0, 3)).reshape(-1)
+    db = dy.sum((0, 3)).reshape(-1)
+    return _normalize_grad(dy * w, xhat, rstd, (2, 3)), dw, db, ops.zeros_like(eps)
+
+
+def _group_norm_bprop(x, weight, bias, eps, out, dout):
+    return _group_norm_backward(x, weight, bias, eps, dout, False)
+
+
+def _group_norm_silu_bprop(x, weight, bias, eps, out, dout):
+    return _group_norm_backward(x, weight, bias, eps, dout, True)
+
+
+def _layer_norm_bprop(x, weight, bias, eps, out, dout):
+    xhat, rstd = _standardize(x, eps, -1)
+    d = x.shape[-1]
+    dw = (dout * xhat).reshape(-1, d).sum(0)
+    db = dout.reshape(-1, d).sum(0)
+    return _normalize_grad(dout * weight, xhat, rstd, -1), dw, db, ops.zeros_like(eps)
+
+
+def _geglu_bprop(x, out, dout):
+    h, gate = ops.chunk(x, 2, -1)
+    cdf = _normal_cdf(gate)
+    pdf = ops.exp(-0.5 * gate * gate) * 0.3989422804014327  # 1/sqrt(2*pi)
+    return (ops.cat((dout * gate * cdf, dout * h * (cdf + gate * pdf)), -1),)
 
 
 def Linear(in_features: int, out_features: int, bias: bool = True) -> nn.Dense:
@@ -103,11 +200,20 @@ def gelu_exact(x):
         return ops.gelu(x, approximate="none")
     # x·Φ(x) = relu(x) − |x|·½erfc(|x|/√2): one formula for both signs, no select
     ax = ops.abs(x)
-    z = ax * 0.7071067811865476
+    return ops.relu(x) - ax * _half_erfc(ax * 0.7071067811865476)
+
+
+def _half_erfc(z):
+    """½·erfc(z) for z ≥ 0 (A&S 7.1.26)."""
     t = 1.0 / (1.0 + _AS_P * z)
     a1, a2, a3, a4, a5 = _AS_A
-    half_erfc = (0.5 * t) * (a1 + t * (a2 + t * (a3 + t * (a4 + t * a5)))) * ops.exp(-(z * z))
-    return ops.relu(x) - ax * half_erfc
+    return (0.5 * t) * (a1 + t * (a2 + t * (a3 + t * (a4 + t * a5)))) * ops.exp(-(z * z))
+
+
+def _normal_cdf(x):
+    """Φ(x), the standard normal CDF."""
+    tail = _half_erfc(ops.abs(x) * 0.7071067811865476)
+    return ops.where(x >= 0, 1.0 - tail, tail)
 
 
 def gelu(x, approximate: bool = False):

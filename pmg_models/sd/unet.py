@@ -144,23 +144,7 @@ def attention(q, k, v, scale: float):
     return ops.cat([_attend(q[:, :, i:i + step], k, v) for i in range(0, tq, step)], 2)
 
 
-class GroupNorm(P.GroupNorm):
-    """GroupNorm as a LayerNorm over (B*G, C/G*H*W) rows plus the per-channel affine.
-
-    oneDNN's LayerNorm does mean and variance in one fused pass; measured 2-3x faster here than the
-    reduction form in ops.GroupNorm and than nn.GroupNorm (same parameter names, same results).
-    """
-
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5):
-        super().__init__(num_groups, num_channels, eps)
-        self.layer_norm = ops.LayerNorm(-1, -1, eps)
-
-    def construct(self, x):
-        b, c, h, w = x.shape
-        n = (c // self.num_groups) * h * w
-        rows = x.reshape(b * self.num_groups, n)
-        y = self.layer_norm(rows, ops.ones((n,), x.dtype), ops.zeros((n,), x.dtype))[0]
-        return y.reshape(b, c, h, w) * self.weight.reshape(1, c, 1, 1) + self.bias.reshape(1, c, 1, 1)
+GroupNorm = P.GroupNorm
 
 
 class ResnetBlock2D(nn.Cell):
@@ -168,12 +152,12 @@ class ResnetBlock2D(nn.Cell):
 
     def __init__(self, cin: int, cout: int, temb: int | None, groups: int, eps: float, scale: float = 1.0):
         super().__init__()
-        self.norm1 = GroupNorm(groups, cin, eps)
+        self.norm1 = GroupNorm(groups, cin, eps, silu=True)
         self.conv1 = P.Conv2d(cin, cout, 3, padding=1)
         self.has_temb = temb is not None
         if self.has_temb:
             self.time_emb_proj = P.Linear(temb, cout)
-        self.norm2 = GroupNorm(groups, cout, eps)
+        self.norm2 = GroupNorm(groups, cout, eps, silu=True)
         self.conv2 = P.Conv2d(cout, cout, 3, padding=1)
         self.has_shortcut = cin != cout
         if self.has_shortcut:
@@ -181,10 +165,10 @@ class ResnetBlock2D(nn.Cell):
         self.scale = scale
 
     def construct(self, x, temb=None):
-        h = self.conv1(silu(self.norm1(x)))
+        h = self.conv1(self.norm1(x))
         if self.has_temb:
             h = h + self.time_emb_proj(silu(temb))[:, :, None, None]
-        h = self.conv2(silu(self.norm2(h)))
+        h = self.conv2(self.norm2(h))
         if self.has_shortcut:
             x = self.conv_shortcut(x)
         out = x + h
@@ -220,10 +204,10 @@ class GEGLU(nn.Cell):
     def __init__(self, dim: int, inner: int):
         super().__init__()
         self.proj = P.Linear(dim, inner * 2)
+        self.act = P.GEGLU()
 
     def construct(self, x):
-        h, gate = ops.chunk(self.proj(x), 2, -1)
-        return h * P.gelu(gate)
+        return self.act(self.proj(x))
 
 
 class _Identity(nn.Cell):
@@ -440,7 +424,7 @@ class UNet2DConditionModel(nn.Cell):
         self.mid_block = MidBlock(cfg, temb)
         rev = boc[::-1]
         self.up_blocks = nn.CellList([UpBlock(cfg, i, rev[i - 1] if i else rev[0], temb) for i in range(len(boc))])
-        self.conv_norm_out = GroupNorm(cfg.norm_num_groups, c0, cfg.norm_eps)
+        self.conv_norm_out = GroupNorm(cfg.norm_num_groups, c0, cfg.norm_eps, silu=True)
         self.conv_out = P.Conv2d(c0, cfg.out_channels, 3, padding=1)
 
     def time_features(self, timesteps):
@@ -463,4 +447,4 @@ class UNet2DConditionModel(nn.Cell):
             n = len(block.resnets)
             x = block(x, skips[len(skips) - n:], temb, context)
             skips = skips[:len(skips) - n]
-        return self.conv_out(silu(self.conv_norm_out(x)))
+        return self.conv_out(self.conv_norm_out(x))
