@@ -86,6 +86,19 @@ def median_ms(fn, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def ab_ms(theirs, mine, repeats: int, rounds: int = 3) -> tuple[float, float]:
+    """Median ms of each side, timed in alternating rounds so that drift on shared cores hits both alike."""
+    theirs(), mine()  # warm-up (compiles ours)
+    times = ([], [])
+    for _ in range(rounds):
+        for side, fn in zip(times, (theirs, mine)):
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                side.append(time.perf_counter() - start)
+    return tuple(1000 * statistics.median(side) for side in times)
+
+
 def row(name, what, batch, t_ref, t_ours, flops, peak) -> str:
     rate = flops / (t_ours / 1000) / 1e9
     return (f"| {name} | {what} | {batch} | {t_ref:.1f} | {t_ours:.1f} | {t_ours / t_ref:.2f} | "
@@ -122,8 +135,7 @@ def bench_config(name: str, batches: list[int], repeats: int, gen_batch: int, pe
                     if what == "vae decode":
                         ours.micro_batch = batch
                     flops = count_flops(theirs)
-                    rows.append(row(name, what, batch, median_ms(theirs, repeats), median_ms(mine, repeats),
-                                    flops, peak))
+                    rows.append(row(name, what, batch, *ab_ms(theirs, mine, repeats), flops, peak))
                     print(rows[-1], flush=True)
         rows += bench_generation(name, ref, tmp, gen_batch, peak)
     return rows

@@ -103,6 +103,20 @@ class GEGLU(nn.Cell):
         return h * gelu_exact(gate)
 
 
+class Upsample2x(nn.Cell):
+    """Nearest-neighbour 2x upsampling of NCHW (each value becomes a 2x2 block); no parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _native("Upsample2x", _double_hw, _upsample2x_bprop)
+
+    def construct(self, x):
+        if self.kernel is not None:
+            return self.kernel(x)
+        h, w = x.shape[-2:]
+        return ops.interpolate(x, size=(h * 2, w * 2), mode="nearest")
+
+
 # --- native CPU kernels (pmg_models/kernels) and their gradients, written with classic ops ---
 
 def _same_shape(x, *_):
@@ -111,6 +125,10 @@ def _same_shape(x, *_):
 
 def _half_last(x):
     return tuple(x[:-1]) + (x[-1] // 2,)
+
+
+def _double_hw(x):
+    return tuple(x[:-2]) + (2 * x[-2], 2 * x[-1])
 
 
 def _native(name: str, out_shape, bprop):
@@ -163,6 +181,11 @@ def _layer_norm_bprop(x, weight, bias, eps, out, dout):
     dw = (dout * xhat).reshape(-1, d).sum(0)
     db = dout.reshape(-1, d).sum(0)
     return _normalize_grad(dout * weight, xhat, rstd, -1), dw, db, ops.zeros_like(eps)
+
+
+def _upsample2x_bprop(x, out, dout):
+    b, c, h, w = x.shape
+    return (dout.reshape(b, c, h, 2, w, 2).sum((3, 5)),)
 
 
 def _geglu_bprop(x, out, dout):

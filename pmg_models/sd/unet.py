@@ -298,10 +298,10 @@ class Upsample2D(nn.Cell):
     def __init__(self, channels: int):
         super().__init__()
         self.conv = P.Conv2d(channels, channels, 3, padding=1)
+        self.upsample = P.Upsample2x()
 
     def construct(self, x):
-        h, w = x.shape[-2:]
-        return self.conv(ops.interpolate(x, size=(h * 2, w * 2), mode="nearest"))
+        return self.conv(self.upsample(x))
 
 
 class DownBlock(nn.Cell):

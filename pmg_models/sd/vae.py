@@ -70,8 +70,11 @@ class SpatialAttention(nn.Cell):
     def construct(self, x):
         b, c, h, w = x.shape
         t = self.group_norm(x).reshape(b, c, h * w).transpose(0, 2, 1)   # (B, HW, C)
-        q, k, v = self.to_q(t)[:, None], self.to_k(t)[:, None], self.to_v(t)[:, None]  # (B, 1, HW, C)
-        out = self.to_out[0](attention(q, k, v, self.scale)[:, 0])
+        # reshape, not [:, None] / [:, 0]: MindSpore's CPU StridedSlice copied for 2-3 ms per call here
+        q = self.to_q(t).reshape(b, 1, h * w, c)  # (B, 1, HW, C)
+        k = self.to_k(t).reshape(b, 1, h * w, c)
+        v = self.to_v(t).reshape(b, 1, h * w, c)
+        out = self.to_out[0](attention(q, k, v, self.scale).reshape(b, h * w, c))
         return out.transpose(0, 2, 1).reshape(b, c, h, w) + x
 
 

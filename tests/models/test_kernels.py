@@ -54,7 +54,7 @@ def _check(ours, ref, atol):
 def test_native_kernels_are_built_and_used_on_cpu():
     assert kernels.library() is not None, "no native kernels: is a C++ compiler installed?"
     assert ops.GroupNorm(2, 4).kernel is not None and ops.LayerNorm(8).kernel is not None
-    assert ops.GEGLU().kernel is not None
+    assert ops.GEGLU().kernel is not None and ops.Upsample2x().kernel is not None
 
 
 @pytest.mark.parametrize("silu", [False, True])
@@ -102,6 +102,16 @@ def test_geglu(path, compiled):
         return h * torch.nn.functional.gelu(gate)
 
     _check(_grads(act, x, dout, compiled), _torch_grads(ref, x, dout, []), 2e-5)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_upsample2x(path, compiled):
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    dout = rng.standard_normal((2, 3, 10, 14)).astype(np.float32)
+    up = ops.Upsample2x()
+    assert (up.kernel is not None) == (path == "native")
+    ref = lambda x: torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")  # noqa: E731
+    _check(_grads(up, x, dout, compiled), _torch_grads(ref, x, dout, []), 1e-6)
 
 
 def test_failed_build_falls_back_to_classic_ops(tmp_path, monkeypatch, caplog):
