@@ -26,10 +26,10 @@ from pmg_models.clip_tiny import init_tiny, write_tiny_text_encoder
 __all__ = ["CLIPTextConfig", "CLIPVisionConfig", "CLIPTextModel", "CLIPModel", "CLIPTokenizer",
            "ImageProcessorConfig", "preprocess", "write_tiny_tokenizer", "write_tiny_text_encoder", "init_tiny"]
 
-ACTIVATIONS = {"quick_gelu": pops.quick_gelu,
-               "gelu": pops.gelu_exact,
-               "gelu_new": pops.gelu_tanh,
-               "gelu_pytorch_tanh": pops.gelu_tanh}
+ACTIVATIONS = {"quick_gelu": pops.QuickGELU,
+               "gelu": pops.GELU,
+               "gelu_new": pops.GELUTanh,
+               "gelu_pytorch_tanh": pops.GELUTanh}
 OUTPUT_LAYERS = ("last", "penultimate")
 
 
@@ -146,7 +146,7 @@ class CLIPMLP(nn.Cell):
         super().__init__()
         self.fc1 = pops.Linear(hidden, intermediate)
         self.fc2 = pops.Linear(intermediate, hidden)
-        self.act = ACTIVATIONS[act]
+        self.act = ACTIVATIONS[act]()
 
     def construct(self, x):
         return self.fc2(self.act(self.fc1(x)))

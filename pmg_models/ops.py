@@ -103,6 +103,33 @@ class GEGLU(nn.Cell):
         return h * gelu_exact(gate)
 
 
+class QuickGELU(nn.Cell):
+    """x·sigmoid(1.702·x), OpenAI CLIP's activation."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _native("QuickGELU", _same_shape, _quick_gelu_bprop)
+
+    def construct(self, x):
+        return quick_gelu(x) if self.kernel is None else self.kernel(x)
+
+
+class GELU(nn.Cell):
+    """The exact (erf) GELU as a cell, native on CPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _native("GELU", _same_shape, _gelu_bprop)
+
+    def construct(self, x):
+        return gelu_exact(x) if self.kernel is None else self.kernel(x)
+
+
+class GELUTanh(nn.Cell):
+    def construct(self, x):
+        return gelu_tanh(x)
+
+
 class Upsample2x(nn.Cell):
     """Nearest-neighbour 2x upsampling of NCHW (each value becomes a 2x2 block); no parameters."""
 
@@ -183,6 +210,20 @@ def _layer_norm_bprop(x, weight, bias, eps, out, dout):
     return _normalize_grad(dout * weight, xhat, rstd, -1), dw, db, ops.zeros_like(eps)
 
 
+def _quick_gelu_bprop(x, out, dout):
+    s = ops.sigmoid(1.702 * x)
+    return (dout * (s + 1.702 * x * s * (1.0 - s)),)
+
+
+def _gelu_bprop(x, out, dout):
+    return (dout * _gelu_slope(x),)
+
+
+def _gelu_slope(x):
+    """d/dx of x·Φ(x) = Φ(x) + x·φ(x)."""
+    return _normal_cdf(x) + x * ops.exp(-0.5 * x * x) * 0.3989422804014327  # 1/sqrt(2*pi)
+
+
 def _upsample2x_bprop(x, out, dout):
     b, c, h, w = x.shape
     return (dout.reshape(b, c, h, 2, w, 2).sum((3, 5)),)
@@ -190,9 +231,7 @@ def _upsample2x_bprop(x, out, dout):
 
 def _geglu_bprop(x, out, dout):
     h, gate = ops.chunk(x, 2, -1)
-    cdf = _normal_cdf(gate)
-    pdf = ops.exp(-0.5 * gate * gate) * 0.3989422804014327  # 1/sqrt(2*pi)
-    return (ops.cat((dout * gate * cdf, dout * h * (cdf + gate * pdf)), -1),)
+    return (ops.cat((dout * gate * _normal_cdf(gate), dout * h * _gelu_slope(gate)), -1),)
 
 
 def Linear(in_features: int, out_features: int, bias: bool = True) -> nn.Dense:

@@ -94,6 +94,20 @@ int geglu(int nparam, void **params, int *ndims, int64_t **shapes) {
   return 0;
 }
 
+// y = x * sigmoid(1.702 x) (QUICK) or the exact GELU x * Phi(x), elementwise.
+template <bool QUICK>
+int gelu(int nparam, void **params, int *ndims, int64_t **shapes) {
+  if (nparam != 2) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  float *y = static_cast<float *>(params[1]);
+  const int64_t n = numel(ndims[0], shapes[0], ndims[0]);
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    y[i] = QUICK ? v / (1.f + std::exp(-1.702f * v)) : 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f));
+  }
+  return 0;
+}
+
 // x: (B, C, H, W); y: (B, C, 2H, 2W), nearest neighbour (each value to a 2x2 block).
 int upsample2x(int nparam, void **params, int *ndims, int64_t **shapes) {
   if (nparam != 2 || ndims[0] != 4) return 1;
@@ -125,6 +139,10 @@ int LayerNorm(int np, void **p, int *nd, int64_t **s, const char **, void *, voi
   return layer_norm(np, p, nd, s);
 }
 int GEGLU(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) { return geglu(np, p, nd, s); }
+int QuickGELU(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
+  return gelu<true>(np, p, nd, s);
+}
+int GELU(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) { return gelu<false>(np, p, nd, s); }
 int Upsample2x(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
   return upsample2x(np, p, nd, s);
 }

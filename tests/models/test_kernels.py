@@ -104,6 +104,17 @@ def test_geglu(path, compiled):
     _check(_grads(act, x, dout, compiled), _torch_grads(ref, x, dout, []), 2e-5)
 
 
+@pytest.mark.parametrize("name", ["QuickGELU", "GELU"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_activations(path, name, compiled):
+    x = np.concatenate([rng.standard_normal(199) * 3, np.linspace(-9, 9, 200)]).astype(np.float32).reshape(3, -1)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    act = getattr(ops, name)()
+    assert (act.kernel is not None) == (path == "native")
+    ref = {"QuickGELU": lambda x: x * torch.sigmoid(1.702 * x), "GELU": torch.nn.functional.gelu}[name]
+    _check(_grads(act, x, dout, compiled), _torch_grads(ref, x, dout, []), 2e-5)
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_upsample2x(path, compiled):
     x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
