@@ -34,7 +34,7 @@ def cache_dir() -> Path:
 
 
 def _compiler() -> str | None:
-    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
 
 
 @functools.cache
@@ -47,19 +47,30 @@ def library() -> str | None:
         log.warning("no C++ compiler found: using MindSpore's classic ops for norms and GEGLU (slower)")
         return None
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cxx, *FLAGS, platform.machine())).encode()).hexdigest()[:16]
-    target = cache_dir() / f"pmg_cpu_kernels-{key}.so"
-    if target.exists():
-        return str(target)
+    # a read-only home (CI, containers) falls back to the temp dir
+    for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"pmg-kernels-{os.getuid()}"):
+        target = folder / f"pmg_cpu_kernels-{key}.so"
+        if target.exists():
+            return str(target)
+        try:
+            return _build(cxx, target)
+        except OSError as err:
+            log.warning("cannot build native kernels in %s: %s", folder, err)
+        except subprocess.CalledProcessError as err:
+            log.warning("building %s failed, using MindSpore's classic ops instead:\n%s", SOURCE.name, err.stderr)
+            return None
+    log.warning("no writable folder for native kernels: using MindSpore's classic ops instead")
+    return None
+
+
+def _build(cxx: str, target: Path) -> str:
+    """Compile to a temp file next to `target`, then rename: readers never see a half-written library."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
         subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True)
         os.replace(tmp, target)
-    except (OSError, subprocess.CalledProcessError) as err:
-        detail = getattr(err, "stderr", "") or str(err)
-        log.warning("building %s failed, using MindSpore's classic ops instead:\n%s", SOURCE.name, detail)
-        return None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

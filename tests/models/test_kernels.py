@@ -3,6 +3,8 @@
 Both paths run every case: forward values and gradients (input and affine parameters, with a random
 upstream gradient), eagerly and compiled, since training and soft-prompt fitting differentiate through them.
 """
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -134,6 +136,18 @@ def test_failed_build_falls_back_to_classic_ops(tmp_path, monkeypatch, caplog):
         assert ops.GroupNorm(2, 4).kernel is None
         assert "classic ops" in caplog.text
         assert not list(tmp_path.iterdir()), "a failed build must leave nothing behind"
+    finally:
+        kernels.library.cache_clear()
+
+
+def test_unwritable_cache_falls_back_to_the_temp_dir(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("PMG_KERNEL_CACHE", str(blocker / "kernels"))
+    kernels.library.cache_clear()
+    try:
+        built = kernels.library()
+        assert built is not None and built.startswith(tempfile.gettempdir())
     finally:
         kernels.library.cache_clear()
 
