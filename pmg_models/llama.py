@@ -23,7 +23,7 @@ from mindspore import nn, ops, Parameter, Tensor
 from mindspore.common.initializer import initializer
 
 from pmg_models import checkpoint, runtime
-from pmg_models.ops import RMSNorm, neg_inf
+from pmg_models.ops import RMSNorm, SwiGLU, neg_inf
 
 
 @dataclass(frozen=True)
@@ -205,10 +205,10 @@ class LlamaMLP(nn.Cell):
         self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.act = SwiGLU()
 
     def construct(self, x):
-        gate = self.gate_proj(x)
-        return self.down_proj(gate * ops.sigmoid(gate) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x), self.up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Cell):

@@ -33,12 +33,29 @@ class RMSNorm(nn.Cell):
         super().__init__()
         self.weight = _ones(dim)
         self.eps = eps
+        self.kernel = _native("RMSNorm", _same_shape, _rms_norm_bprop)
+        self.eps_tensor = ms.Tensor([eps], ms.float32)
 
     def construct(self, x):
+        if self.kernel is not None:
+            return self.kernel(x, self.weight, self.eps_tensor)
         dtype = x.dtype
         x = x.astype(ms.float32)
         x = x * ops.rsqrt(ops.mean(x * x, -1, keep_dims=True) + self.eps)
         return self.weight * x.astype(dtype)
+
+
+class SwiGLU(nn.Cell):
+    """silu(gate) · up, Llama's MLP activation; no parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _native("SwiGLU", _same_shape, _swiglu_bprop)
+
+    def construct(self, gate, up):
+        if self.kernel is not None:
+            return self.kernel(gate, up)
+        return gate * ops.sigmoid(gate) * up
 
 
 class LayerNorm(nn.Cell):
@@ -200,6 +217,20 @@ def _group_norm_bprop(x, weight, bias, eps, out, dout):
 
 def _group_norm_silu_bprop(x, weight, bias, eps, out, dout):
     return _group_norm_backward(x, weight, bias, eps, dout, True)
+
+
+def _rms_norm_bprop(x, weight, eps, out, dout):
+    rstd = ops.rsqrt(ops.mean(x * x, -1, keep_dims=True) + eps)
+    xhat = x * rstd
+    d = x.shape[-1]
+    dw = (dout * xhat).reshape(-1, d).sum(0)
+    g = dout * weight
+    return rstd * (g - xhat * ops.mean(g * xhat, -1, keep_dims=True)), dw, ops.zeros_like(eps)
+
+
+def _swiglu_bprop(gate, up, out, dout):
+    s = ops.sigmoid(gate)
+    return dout * up * s * (1.0 + gate * (1.0 - s)), dout * gate * s
 
 
 def _layer_norm_bprop(x, weight, bias, eps, out, dout):

@@ -80,6 +80,36 @@ int layer_norm(int nparam, void **params, int *ndims, int64_t **shapes) {
   return 0;
 }
 
+// x: (..., D); weight: (D); eps: (1); y = x / sqrt(mean(x^2) + eps) * weight.
+int rms_norm(int nparam, void **params, int *ndims, int64_t **shapes) {
+  if (nparam != 4) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  const float eps = static_cast<const float *>(params[2])[0];
+  float *y = static_cast<float *>(params[3]);
+  const int64_t D = shapes[0][ndims[0] - 1], rows = numel(ndims[0], shapes[0], ndims[0] - 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *xr = x + r * D;
+    float *yr = y + r * D;
+    float ss = 0.f;
+    for (int64_t i = 0; i < D; ++i) ss += xr[i] * xr[i];
+    const float rstd = 1.f / std::sqrt(ss / static_cast<float>(D) + eps);
+    for (int64_t i = 0; i < D; ++i) yr[i] = xr[i] * rstd * w[i];
+  }
+  return 0;
+}
+
+// gate, up, y: same shape; y = silu(gate) * up.
+int swiglu(int nparam, void **params, int *ndims, int64_t **shapes) {
+  if (nparam != 3) return 1;
+  const float *g = static_cast<const float *>(params[0]);
+  const float *u = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  const int64_t n = numel(ndims[0], shapes[0], ndims[0]);
+  for (int64_t i = 0; i < n; ++i) y[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  return 0;
+}
+
 // x: (..., 2F) = [h | gate]; y: (..., F) = h * gelu(gate), the exact (erf) GELU.
 int geglu(int nparam, void **params, int *ndims, int64_t **shapes) {
   if (nparam != 2) return 1;
@@ -143,6 +173,10 @@ int QuickGELU(int np, void **p, int *nd, int64_t **s, const char **, void *, voi
   return gelu<true>(np, p, nd, s);
 }
 int GELU(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) { return gelu<false>(np, p, nd, s); }
+int RMSNorm(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
+  return rms_norm(np, p, nd, s);
+}
+int SwiGLU(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) { return swiglu(np, p, nd, s); }
 int Upsample2x(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
   return upsample2x(np, p, nd, s);
 }

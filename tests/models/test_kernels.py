@@ -57,6 +57,7 @@ def test_native_kernels_are_built_and_used_on_cpu():
     assert kernels.library() is not None, "no native kernels: is a C++ compiler installed?"
     assert ops.GroupNorm(2, 4).kernel is not None and ops.LayerNorm(8).kernel is not None
     assert ops.GEGLU().kernel is not None and ops.Upsample2x().kernel is not None
+    assert ops.RMSNorm(8).kernel is not None and ops.SwiGLU().kernel is not None
 
 
 @pytest.mark.parametrize("silu", [False, True])
@@ -104,6 +105,39 @@ def test_geglu(path, compiled):
         return h * torch.nn.functional.gelu(gate)
 
     _check(_grads(act, x, dout, compiled), _torch_grads(ref, x, dout, []), 2e-5)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_rms_norm(path, compiled):
+    x = (rng.standard_normal((2, 7, 48)) * 2 - 1).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    w = rng.standard_normal(48).astype(np.float32)
+    norm = ops.RMSNorm(48, eps=1e-5)
+    assert (norm.kernel is not None) == (path == "native")
+    norm.weight.set_data(runtime.to_tensor(w))
+    ref = lambda x, w: x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-5) * w  # noqa: E731
+    _check(_grads(norm, x, dout, compiled), _torch_grads(ref, x, dout, [w]), 2e-5)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_swiglu(path, compiled):
+    gate, up = (rng.standard_normal((3, 5, 40)).astype(np.float32) * 3 for _ in range(2))
+    dout = rng.standard_normal(gate.shape).astype(np.float32)
+    act = ops.SwiGLU()
+    assert (act.kernel is not None) == (path == "native")
+    gate_t, up_t = runtime.to_tensor(gate), runtime.to_tensor(up)
+    upstream = runtime.to_tensor(dout)
+
+    def loss(g, u):
+        return (act(g, u) * upstream).sum()
+
+    fn = ms.value_and_grad(loss, (0, 1))
+    _, (dg, du) = (ms.jit(fn) if compiled else fn)(gate_t, up_t)
+    ours = [act(gate_t, up_t).asnumpy(), dg.asnumpy(), du.asnumpy()]
+    g, u = torch.tensor(gate, requires_grad=True), torch.tensor(up, requires_grad=True)
+    out = torch.nn.functional.silu(g) * u
+    (out * torch.tensor(dout)).sum().backward()
+    _check(ours, [out.detach().numpy(), g.grad.numpy(), u.grad.numpy()], 2e-5)
 
 
 @pytest.mark.parametrize("name", ["QuickGELU", "GELU"])
