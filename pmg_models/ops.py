@@ -1,7 +1,9 @@
 """The op layer: the few building blocks whose best form differs by device.
 
 Default everywhere is the classic-op form verified on CPU (it runs on Ascend too). Ascend's fused
-kernels are opt-in (PMG_FUSED_OPS=1) and fall back to the classic form if a kernel is missing.
+kernels are opt-in (PMG_FUSED_OPS=1) and fall back to the classic form if a kernel is missing. On CPU,
+the norms and activations below run as native fused kernels (`pmg_models.kernels`) when they could be
+built; each cell then holds it in `self.kernel` (None: classic form).
 Parameter names follow Hugging Face / diffusers checkpoints (`weight`, `bias`), so no gamma/beta map.
 """
 from __future__ import annotations
