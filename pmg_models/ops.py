@@ -108,40 +108,37 @@ class GroupNorm(nn.Cell):
         return ops.silu(y) if self.silu else y
 
 
-class GEGLU(nn.Cell):
-    """`h * gelu(gate)` for `[h | gate]` on the last axis (the exact, erf GELU); no parameters."""
+class _Unary(nn.Cell):
+    """A parameter-free one-input op: the native kernel `name` when there is one, else `classic`."""
 
-    def __init__(self):
+    def __init__(self, name: str, out_shape, bprop, classic):
         super().__init__()
-        self.kernel = _native("GEGLU", _half_last, _geglu_bprop)
+        self.kernel = _native(name, out_shape, bprop)
+        self.classic = classic
 
     def construct(self, x):
-        if self.kernel is not None:
-            return self.kernel(x)
-        h, gate = ops.chunk(x, 2, -1)
-        return h * gelu_exact(gate)
+        return self.classic(x) if self.kernel is None else self.kernel(x)
 
 
-class QuickGELU(nn.Cell):
+class GEGLU(_Unary):
+    """`h * gelu(gate)` for `[h | gate]` on the last axis (the exact, erf GELU)."""
+
+    def __init__(self):
+        super().__init__("GEGLU", _half_last, _geglu_bprop, _geglu)
+
+
+class QuickGELU(_Unary):
     """x·sigmoid(1.702·x), OpenAI CLIP's activation."""
 
     def __init__(self):
-        super().__init__()
-        self.kernel = _native("QuickGELU", _same_shape, _quick_gelu_bprop)
-
-    def construct(self, x):
-        return quick_gelu(x) if self.kernel is None else self.kernel(x)
+        super().__init__("QuickGELU", _same_shape, _quick_gelu_bprop, quick_gelu)
 
 
-class GELU(nn.Cell):
-    """The exact (erf) GELU as a cell, native on CPU."""
+class GELU(_Unary):
+    """The exact (erf) GELU."""
 
     def __init__(self):
-        super().__init__()
-        self.kernel = _native("GELU", _same_shape, _gelu_bprop)
-
-    def construct(self, x):
-        return gelu_exact(x) if self.kernel is None else self.kernel(x)
+        super().__init__("GELU", _same_shape, _gelu_bprop, gelu_exact)
 
 
 class GELUTanh(nn.Cell):
@@ -149,18 +146,21 @@ class GELUTanh(nn.Cell):
         return gelu_tanh(x)
 
 
-class Upsample2x(nn.Cell):
-    """Nearest-neighbour 2x upsampling of NCHW (each value becomes a 2x2 block); no parameters."""
+class Upsample2x(_Unary):
+    """Nearest-neighbour 2x upsampling of NCHW (each value becomes a 2x2 block)."""
 
     def __init__(self):
-        super().__init__()
-        self.kernel = _native("Upsample2x", _double_hw, _upsample2x_bprop)
+        super().__init__("Upsample2x", _double_hw, _upsample2x_bprop, _upsample2x)
 
-    def construct(self, x):
-        if self.kernel is not None:
-            return self.kernel(x)
-        h, w = x.shape[-2:]
-        return ops.interpolate(x, size=(h * 2, w * 2), mode="nearest")
+
+def _geglu(x):
+    h, gate = ops.chunk(x, 2, -1)
+    return h * gelu_exact(gate)
+
+
+def _upsample2x(x):
+    h, w = x.shape[-2:]
+    return ops.interpolate(x, size=(h * 2, w * 2), mode="nearest")
 
 
 # --- native CPU kernels (pmg_models/kernels) and their gradients, written with classic ops ---

@@ -144,20 +144,17 @@ def attention(q, k, v, scale: float):
     return ops.cat([_attend(q[:, :, i:i + step], k, v) for i in range(0, tq, step)], 2)
 
 
-GroupNorm = P.GroupNorm
-
-
 class ResnetBlock2D(nn.Cell):
     """GroupNorm-SiLU-conv twice, plus the time embedding after the first conv (none in the VAE)."""
 
     def __init__(self, cin: int, cout: int, temb: int | None, groups: int, eps: float, scale: float = 1.0):
         super().__init__()
-        self.norm1 = GroupNorm(groups, cin, eps, silu=True)
+        self.norm1 = P.GroupNorm(groups, cin, eps, silu=True)
         self.conv1 = P.Conv2d(cin, cout, 3, padding=1)
         self.has_temb = temb is not None
         if self.has_temb:
             self.time_emb_proj = P.Linear(temb, cout)
-        self.norm2 = GroupNorm(groups, cout, eps, silu=True)
+        self.norm2 = P.GroupNorm(groups, cout, eps, silu=True)
         self.conv2 = P.Conv2d(cout, cout, 3, padding=1)
         self.has_shortcut = cin != cout
         if self.has_shortcut:
@@ -253,7 +250,7 @@ class Transformer2DModel(nn.Cell):
         super().__init__()
         head_dim = channels // heads
         self.linear = linear
-        self.norm = GroupNorm(groups, channels, 1e-6)
+        self.norm = P.GroupNorm(groups, channels, 1e-6)
         self.proj_in = P.Linear(channels, channels) if linear else P.Conv2d(channels, channels, 1)
         self.transformer_blocks = nn.CellList(
             [BasicTransformerBlock(channels, heads, head_dim, context_dim, only_cross) for _ in range(layers)])
@@ -424,7 +421,7 @@ class UNet2DConditionModel(nn.Cell):
         self.mid_block = MidBlock(cfg, temb)
         rev = boc[::-1]
         self.up_blocks = nn.CellList([UpBlock(cfg, i, rev[i - 1] if i else rev[0], temb) for i in range(len(boc))])
-        self.conv_norm_out = GroupNorm(cfg.norm_num_groups, c0, cfg.norm_eps, silu=True)
+        self.conv_norm_out = P.GroupNorm(cfg.norm_num_groups, c0, cfg.norm_eps, silu=True)
         self.conv_out = P.Conv2d(c0, cfg.out_channels, 3, padding=1)
 
     def time_features(self, timesteps):

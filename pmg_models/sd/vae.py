@@ -13,7 +13,7 @@ from pathlib import Path
 from mindspore import nn
 
 from pmg_models import ops as P
-from pmg_models.sd.unet import Downsample2D, GroupNorm, ResnetBlock2D, Upsample2D, attention
+from pmg_models.sd.unet import Downsample2D, ResnetBlock2D, Upsample2D, attention
 
 _FIXED = {"act_fn": "silu", "shift_factor": None, "latents_mean": None, "latents_std": None,
           "use_quant_conv": True, "use_post_quant_conv": True}
@@ -60,7 +60,7 @@ class SpatialAttention(nn.Cell):
 
     def __init__(self, channels: int, groups: int):
         super().__init__()
-        self.group_norm = GroupNorm(groups, channels, _EPS)
+        self.group_norm = P.GroupNorm(groups, channels, _EPS)
         self.to_q = P.Linear(channels, channels)
         self.to_k = P.Linear(channels, channels)
         self.to_v = P.Linear(channels, channels)
@@ -131,7 +131,7 @@ class Encoder(nn.Cell):
         self.down_blocks = nn.CellList([EncoderBlock(boc[max(i - 1, 0)], boc[i], cfg.layers_per_block, g, i < n - 1)
                                         for i in range(n)])
         self.mid_block = MidBlock2D(boc[-1], g, cfg.mid_block_add_attention)
-        self.conv_norm_out = GroupNorm(g, boc[-1], _EPS, silu=True)
+        self.conv_norm_out = P.GroupNorm(g, boc[-1], _EPS, silu=True)
         self.conv_out = P.Conv2d(boc[-1], 2 * cfg.latent_channels, 3, padding=1)
 
     def construct(self, x):
@@ -150,7 +150,7 @@ class Decoder(nn.Cell):
         self.mid_block = MidBlock2D(rev[0], g, cfg.mid_block_add_attention)
         self.up_blocks = nn.CellList([DecoderBlock(rev[max(i - 1, 0)], rev[i], cfg.layers_per_block + 1, g, i < n - 1)
                                       for i in range(n)])
-        self.conv_norm_out = GroupNorm(g, rev[-1], _EPS, silu=True)
+        self.conv_norm_out = P.GroupNorm(g, rev[-1], _EPS, silu=True)
         self.conv_out = P.Conv2d(rev[-1], cfg.out_channels, 3, padding=1)
 
     def construct(self, z):
