@@ -128,6 +128,7 @@ class CLIPAttention(nn.Cell):
         self.k_proj = pops.Linear(hidden, hidden)
         self.v_proj = pops.Linear(hidden, hidden)
         self.out_proj = pops.Linear(hidden, hidden)
+        self.softmax = pops.Softmax()
 
     def _split(self, x, b, t):
         return x.reshape(b, t, self.heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H, T, Dh)
@@ -137,7 +138,7 @@ class CLIPAttention(nn.Cell):
         q = self._split(self.q_proj(x), b, t)
         k = self._split(self.k_proj(x), b, t)
         v = self._split(self.v_proj(x), b, t)
-        out = pops.attention(q, k, v, mask, self.scale)
+        out = pops.attention(q, k, v, mask, self.scale, self.softmax)
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, c))
 
 

@@ -23,7 +23,7 @@ from mindspore import nn, ops, Parameter, Tensor
 from mindspore.common.initializer import initializer
 
 from pmg_models import checkpoint, runtime
-from pmg_models.ops import RMSNorm, SwiGLU, neg_inf
+from pmg_models.ops import RMSNorm, Softmax, SwiGLU, neg_inf
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,7 @@ class LlamaAttention(nn.Cell):
         self.bmm_t = ops.BatchMatMul(transpose_b=True)
         self.bmm = ops.BatchMatMul()
         self.scatter = ops.ScatterNdUpdate()
+        self.softmax = Softmax()
 
     def _q(self, x, cos, sin):
         b, t = x.shape[0], x.shape[1]
@@ -174,7 +175,7 @@ class LlamaAttention(nn.Cell):
         q = q.reshape(b, self.n_kv, self.rep * t, self.d)
         scores = self.bmm_t(q, k).astype(ms.float32) * self.scale
         scores = scores.reshape(b, self.n_kv, self.rep, t, s) + mask
-        probs = ops.softmax(scores, -1).astype(v.dtype).reshape(b, self.n_kv, self.rep * t, s)
+        probs = self.softmax(scores).astype(v.dtype).reshape(b, self.n_kv, self.rep * t, s)
         out = self.bmm(probs, v).reshape(b, self.n_kv, self.rep, t, self.d).transpose(0, 3, 1, 2, 4)
         return self.o_proj(out.reshape(b, t, self.n_heads * self.d))
 

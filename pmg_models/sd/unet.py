@@ -123,13 +123,13 @@ def silu(x):
 MAX_SCORES = 1 << 26   # score elements per attention slice (256 MB in fp32)
 
 
-def _attend(q, k, v):
+def _attend(q, k, v, softmax):
     scores = ops.BatchMatMul(transpose_b=True)(q, k).astype(ms.float32)
-    return ops.matmul(ops.softmax(scores, -1).astype(q.dtype), v)
+    return ops.matmul(softmax(scores).astype(q.dtype), v)
 
 
-def attention(q, k, v, scale: float):
-    """softmax(q k^T * scale) v on (B, H, T, d), softmax in fp32.
+def attention(q, k, v, scale: float, softmax):
+    """softmax(q k^T * scale) v on (B, H, T, d), softmax in fp32 (`softmax`: the caller's P.Softmax cell).
 
     q is scaled before the matmul (T*d values instead of the T*T scores). Queries are processed in
     slices so no more than MAX_SCORES scores exist at once: at 768 px (96x96 latents, T = 9216) one
@@ -139,9 +139,9 @@ def attention(q, k, v, scale: float):
     q = q * scale
     slices = -(-b * h * tq * k.shape[2] // MAX_SCORES)
     if slices <= 1:
-        return _attend(q, k, v)
+        return _attend(q, k, v, softmax)
     step = -(-tq // slices)
-    return ops.cat([_attend(q[:, :, i:i + step], k, v) for i in range(0, tq, step)], 2)
+    return ops.cat([_attend(q[:, :, i:i + step], k, v, softmax) for i in range(0, tq, step)], 2)
 
 
 class ResnetBlock2D(nn.Cell):
@@ -184,6 +184,7 @@ class Attention(nn.Cell):
         self.to_v = P.Linear(context_dim or dim, inner, bias)
         self.to_out = nn.CellList([P.Linear(inner, dim)])
         self.scale = 1.0 / math.sqrt(head_dim)
+        self.softmax = P.Softmax()
 
     def _split(self, x):
         b, t, _ = x.shape
@@ -192,7 +193,7 @@ class Attention(nn.Cell):
     def construct(self, x, context=None):
         context = x if context is None else context
         q, k, v = self._split(self.to_q(x)), self._split(self.to_k(context)), self._split(self.to_v(context))
-        out = attention(q, k, v, self.scale)
+        out = attention(q, k, v, self.scale, self.softmax)
         b, _, t, _ = out.shape
         return self.to_out[0](out.transpose(0, 2, 1, 3).reshape(b, t, self.heads * self.head_dim))
 

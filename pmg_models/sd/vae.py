@@ -66,6 +66,7 @@ class SpatialAttention(nn.Cell):
         self.to_v = P.Linear(channels, channels)
         self.to_out = nn.CellList([P.Linear(channels, channels)])
         self.scale = 1.0 / math.sqrt(channels)
+        self.softmax = P.Softmax()
 
     def construct(self, x):
         b, c, h, w = x.shape
@@ -74,7 +75,7 @@ class SpatialAttention(nn.Cell):
         q = self.to_q(t).reshape(b, 1, h * w, c)  # (B, 1, HW, C)
         k = self.to_k(t).reshape(b, 1, h * w, c)
         v = self.to_v(t).reshape(b, 1, h * w, c)
-        out = self.to_out[0](attention(q, k, v, self.scale).reshape(b, h * w, c))
+        out = self.to_out[0](attention(q, k, v, self.scale, self.softmax).reshape(b, h * w, c))
         return out.transpose(0, 2, 1).reshape(b, c, h, w) + x
 
 

@@ -2,6 +2,8 @@
 
 Both paths run every case: forward values and gradients (input and affine parameters, with a random
 upstream gradient), eagerly and compiled, since training and soft-prompt fitting differentiate through them.
+On the native path the gradients come from the gradient kernels (`NameGrad`), on the classic path from
+MindSpore's autodiff of the classic ops.
 """
 import tempfile
 
@@ -21,6 +23,7 @@ PATHS = ["native", "classic"]
 def path(request, monkeypatch):
     if request.param == "classic":
         monkeypatch.setattr(ops, "_native", lambda *args: None)
+        monkeypatch.setattr(ops, "_gradient_kernel", lambda *args: None)
     return request.param
 
 
@@ -58,6 +61,7 @@ def test_native_kernels_are_built_and_used_on_cpu():
     assert ops.GroupNorm(2, 4).kernel is not None and ops.LayerNorm(8).kernel is not None
     assert ops.GEGLU().kernel is not None and ops.Upsample2x().kernel is not None
     assert ops.RMSNorm(8).kernel is not None and ops.SwiGLU().kernel is not None
+    assert ops.Softmax().grad is not None
 
 
 @pytest.mark.parametrize("silu", [False, True])
@@ -159,6 +163,32 @@ def test_upsample2x(path, compiled):
     assert (up.kernel is not None) == (path == "native")
     ref = lambda x: torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")  # noqa: E731
     _check(_grads(up, x, dout, compiled), _torch_grads(ref, x, dout, []), 1e-6)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_softmax(path, compiled):
+    # rows with a dominant entry (probabilities near 0 and 1) and flat ones
+    x = (rng.standard_normal((2, 3, 6, 9)) * np.array([0.1, 1.0, 8.0])[None, :, None, None]).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    sm = ops.Softmax()
+    assert (sm.grad is not None) == (path == "native")
+    _check(_grads(sm, x, dout, compiled), _torch_grads(lambda x: torch.softmax(x, -1), x, dout, []), 1e-6)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(6, 12), (2, 5, 12)])
+def test_linear_matches_torch(shape, bias):
+    x = rng.standard_normal(shape).astype(np.float32)
+    dout = rng.standard_normal(shape[:-1] + (7,)).astype(np.float32)
+    w, b = rng.standard_normal((7, 12)).astype(np.float32), rng.standard_normal(7).astype(np.float32)
+    lin = ops.Linear(12, 7, bias)
+    lin.weight.set_data(runtime.to_tensor(w))
+    params = [w]
+    if bias:
+        lin.bias.set_data(runtime.to_tensor(b))
+        params.append(b)
+    ref = lambda x, *p: torch.nn.functional.linear(x, *p)  # noqa: E731
+    _check(_grads(lin, x, dout, True), _torch_grads(ref, x, dout, params), 1e-5)
 
 
 def test_failed_build_falls_back_to_classic_ops(tmp_path, monkeypatch, caplog):

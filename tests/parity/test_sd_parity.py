@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from pmg_models import runtime  # noqa: E402
+from pmg_models import ops as P, runtime  # noqa: E402
 from pmg_models.sd import weights  # noqa: E402
 
 pytestmark = pytest.mark.parity
@@ -136,11 +136,12 @@ def test_sliced_attention_equals_whole(monkeypatch):
 
     rng = np.random.default_rng(5)
     q, k, v = (runtime.to_tensor(rng.standard_normal((2, 3, 50, 8)).astype(np.float32)) for _ in range(3))
-    whole = runtime.to_numpy(U.attention(q, k, v, 0.35))
+    softmax = P.Softmax()
+    whole = runtime.to_numpy(U.attention(q, k, v, 0.35, softmax))
     monkeypatch.setattr(U, "MAX_SCORES", 2 * 3 * 50 * 50 // 7)   # 7+ slices, the last one short
-    np.testing.assert_allclose(runtime.to_numpy(U.attention(q, k, v, 0.35)), whole, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(runtime.to_numpy(U.attention(q, k, v, 0.35, softmax)), whole, rtol=1e-6, atol=1e-6)
     import mindspore as ms
 
     def sliced(q, k, v):   # the slicing must also be valid graph syntax
-        return U.attention(q, k, v, 0.35)
+        return U.attention(q, k, v, 0.35, softmax)
     np.testing.assert_allclose(runtime.to_numpy(ms.jit(sliced)(q, k, v)), whole, rtol=1e-6, atol=1e-6)
