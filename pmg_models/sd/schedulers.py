@@ -28,7 +28,12 @@ def _betas(cfg: dict) -> np.ndarray:
         return np.linspace(start, end, n, dtype=F32)
     if kind == "scaled_linear":  # SD's schedule: linear in sqrt(beta)
         return np.linspace(start ** 0.5, end ** 0.5, n, dtype=F32) ** 2
-    raise ValueError(f"scheduler: beta_schedule={kind!r} is not supported; choose linear or scaled_linear")
+    if kind == "squaredcos_cap_v2":  # Nichol & Dhariwal's cosine ᾱ(t), each beta capped at 0.999
+        t = np.arange(n + 1, dtype=np.float64) / n
+        alpha_bar = np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2
+        return np.minimum(1 - alpha_bar[1:] / alpha_bar[:-1], 0.999).astype(F32)
+    raise ValueError(f"scheduler: beta_schedule={kind!r} is not supported; "
+                     "choose linear, scaled_linear or squaredcos_cap_v2")
 
 
 def _check(cfg: dict, unsupported: dict) -> None:

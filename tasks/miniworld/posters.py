@@ -4,7 +4,7 @@ Drawn at 128², BOX-downsampled to the output size, as in the feasibility study
 (../shared/reference/miniworld.md §1.1): a vertical background gradient (brightness 0.8–1.15 at each
 end), the motif in the accent colour with random count/size/phase/position, the title band, and
 pixel noise σ=4. Composition rule (world.py): palette from the first block, motif and accent from
-the last block, title band from the target-only attribute.
+the second block, title band from the target-only attribute.
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def render(genres_blocks: Sequence, movie_attr: world.MovieAttribute | None, see
 
     Args:
         genres_blocks: blocks as genre tokens ("Comedy") or keyword lists (["comedy", ...]); the first
-            gives the background palette, the last the motif and accent colour.
+            gives the background palette, the second (or only) one the motif and accent colour.
         movie_attr: the target's title band, or None for a poster without one.
         seed: same seed ⇒ identical pixels.
         size: output side; 128 must be a multiple of it for an exact BOX downsample.
@@ -129,7 +129,7 @@ def render(genres_blocks: Sequence, movie_attr: world.MovieAttribute | None, see
     if not len(genres_blocks):
         raise ValueError("a poster needs at least one genre block")
     first = world.STYLES[world.genre_of(genres_blocks[0])]
-    last = world.STYLES[world.genre_of(genres_blocks[-1])]
+    last = world.STYLES[world.genre_of(world.motif_block(genres_blocks))]
     rng = _rng(seed)
     image = _gradient(first.background_rgb, rng)
     draw = ImageDraw.Draw(image)
@@ -199,7 +199,7 @@ def random_blocks(rng: np.random.Generator, two_genre_p: float = 0.6, three_genr
     """One genre, an ordered pair of distinct genres w.p. `two_genre_p`, or a triple w.p. `three_genre_p`.
 
     Triples are the shape of a PMG prompt in this world (target block + two preference blocks); the
-    first block still gives the palette and the last the motif. With `three_genre_p` 0 the draws are
+    first block still gives the palette and the second the motif. With `three_genre_p` 0 the draws are
     the same as before triples existed, so the CLIP and classifier datasets did not change.
     """
     if three_genre_p and rng.random() < three_genre_p:

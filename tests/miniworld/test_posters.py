@@ -103,7 +103,7 @@ def test_sample_dataset_labels_match_the_rule():
     assert np.array_equal(again.images, data.images)
 
 
-def test_three_block_captions_keep_the_first_palette_and_last_motif_rule():
+def test_three_block_captions_take_the_first_palette_and_the_second_motif():
     data = posters.sample_dataset(60, seed=4, three_genre_p=0.5)
     sizes = {len(b) for b in data.blocks}
     assert sizes == {1, 2, 3}
@@ -111,7 +111,11 @@ def test_three_block_captions_keep_the_first_palette_and_last_motif_rule():
         assert len(set(blocks)) == 3
         lab = world.labels(blocks, attr)
         assert lab["bg"] == world.GENRES.index(blocks[0])
-        assert lab["motif"] == world.MOTIFS.index(world.STYLES[blocks[-1]].motif)
-        assert int(data.labels["bg"][i]) == lab["bg"]
+        assert lab["motif"] == world.MOTIFS.index(world.STYLES[blocks[1]].motif)
+        assert lab["accent"] == world.ACCENT_NAMES.index(world.STYLES[blocks[1]].accent)
+        assert int(data.labels["bg"][i]) == lab["bg"] and int(data.labels["motif"][i]) == lab["motif"]
+        # the third block changes nothing visible: the same poster as the first two blocks alone
+        seed = 100 + i
+        assert np.array_equal(posters.render(blocks, attr, seed), posters.render(blocks[:2], attr, seed))
     # without triples the draws are those of before triples existed (the CLIP and classifier data)
     assert {len(b) for b in posters.sample_dataset(60, seed=4).blocks} == {1, 2}

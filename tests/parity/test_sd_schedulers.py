@@ -21,6 +21,9 @@ CASES = [
     ("DPMSolverMultistepScheduler", "v_prediction", "trailing", 20, {}),
     ("DPMSolverMultistepScheduler", "epsilon", "leading", 16, dict(steps_offset=1, solver_type="heun")),
     ("DPMSolverMultistepScheduler", "v_prediction", "linspace", 1, {}),
+    # the cosine schedule (the miniature world's diffusion model is trained with it)
+    ("DDIMScheduler", "v_prediction", "trailing", 20, dict(clip_sample=False, beta_schedule="squaredcos_cap_v2")),
+    ("EulerDiscreteScheduler", "epsilon", "leading", 10, dict(steps_offset=1, beta_schedule="squaredcos_cap_v2")),
 ]
 
 
@@ -31,7 +34,8 @@ def _model(sample, k, rng_outputs):
 
 @pytest.mark.parametrize("cls,pred,spacing,steps,extra", CASES)
 def test_full_loop_matches_diffusers(cls, pred, spacing, steps, extra):
-    config = dict(SD_BETAS, prediction_type=pred, timestep_spacing=spacing, **extra)
+    config = dict(SD_BETAS, prediction_type=pred, timestep_spacing=spacing)
+    config.update(extra)
     ref = getattr(diffusers, cls).from_config(config)
     ours = make_scheduler(dict(config, _class_name=cls))
     ref.set_timesteps(steps)
