@@ -11,6 +11,7 @@ SCRIPTS = (
     ["bench.bench_llama", "--sizes", "tiny,170m", "--batches", "1,8,32"],
     ["bench.bench_sd"],
     ["bench.bench_clip"],
+    ["bench.bench_train"],
     ["bench.bench_pipeline"],
 )
 

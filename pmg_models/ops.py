@@ -180,7 +180,8 @@ def _upsample2x(x):
 
 
 # --- native CPU kernels (pmg_models/kernels): each forward `Name` has a gradient kernel `NameGrad`
-# taking the forward's inputs and the upstream gradient.
+# taking the forward's inputs and the upstream gradient (SoftmaxGrad: the forward's output instead,
+# its forward being MindSpore's own).
 
 def _same_shape(x, *_):
     return x
