@@ -229,11 +229,27 @@ def evaluate(sd_dir: Path, cfg: SDStageConfig, seed: int, classifier_dir: Path |
     if emit is not None:
         emit(f"[sd] generated {len(images)} posters: {metrics}")
     if cfg.eval_random and init_arrays is not None and "all_bg" in metrics:
-        checkpoint.assign_strict(pipe.unet, init_arrays.items(), source="init")
-        rplan = plan[:: max(1, len(plan) // cfg.eval_random)][:cfg.eval_random]
-        rand = score_images(generate(pipe, rplan, cfg), rplan, classifier_dir)
-        metrics["random_weights"] = {k: v for k, v in rand.items() if k.startswith("all_") or "accuracy" in k}
+        metrics["random_weights"] = random_control(sd_dir, cfg, plan, classifier_dir, init_arrays)
     return metrics
+
+
+def control_pipeline(sd_dir: Path, unet_arrays: dict, micro_batch: int) -> StableDiffusion:
+    """A fresh pipeline over `sd_dir` whose UNet holds `unet_arrays` (set before anything is compiled)."""
+    pipe = StableDiffusion.from_pretrained(sd_dir, micro_batch=micro_batch)
+    checkpoint.assign_strict(pipe.unet, ((k, v.copy()) for k, v in unet_arrays.items()), source="init")
+    return pipe
+
+
+def random_control(sd_dir: Path, cfg: SDStageConfig, plan, classifier_dir: Path | None, init_arrays: dict) -> dict:
+    """The chance baseline: the same folder with the UNet's untrained weights, scored like the trained one.
+
+    A fresh pipeline, weights set before its first call: a compiled graph keeps the parameter data it
+    was compiled with, so setting new weights on a pipeline that has already run changes nothing.
+    """
+    pipe = control_pipeline(sd_dir, init_arrays, cfg.eval_micro_batch)
+    rplan = plan[:: max(1, len(plan) // cfg.eval_random)][:cfg.eval_random]
+    rand = score_images(generate(pipe, rplan, cfg), rplan, classifier_dir)
+    return {k: v for k, v in rand.items() if k.startswith("all_") or "accuracy" in k}
 
 
 def train_sd(out_dir, clip_dir, seed: int = 0, cfg: SDStageConfig = SDStageConfig(),

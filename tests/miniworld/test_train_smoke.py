@@ -37,3 +37,20 @@ def test_smoke_gates_are_reported(smoke_run):
                                      "llama_keyword_accuracy"}
     for gate in metrics["gates"].values():
         assert 0.0 <= gate["value"] <= 1.0 and isinstance(gate["passed"], bool)
+
+
+def test_random_weights_control_really_uses_other_weights(smoke_run):
+    """The chance baseline must not score the trained UNet again: weights set on a pipeline that has already
+    run a compiled graph are ignored, so the control builds its own pipeline."""
+    import numpy as np
+
+    from pmg_models.sd.pipeline import StableDiffusion
+    from tasks.miniworld.train_sd import control_pipeline
+
+    out, _ = smoke_run
+    pipe = StableDiffusion.from_pretrained(out / "sd")
+    trained = pipe.generate(["action"], [3], steps=2, guidance=2.0)
+    rng = np.random.default_rng(0)
+    arrays = {p.name: rng.standard_normal(p.shape).astype(np.float32) * 0.05 for p in pipe.unet.get_parameters()}
+    control = control_pipeline(out / "sd", arrays, micro_batch=1).generate(["action"], [3], steps=2, guidance=2.0)
+    assert np.abs(trained.astype(int) - control.astype(int)).mean() > 5
