@@ -25,6 +25,8 @@ GENRE_COUNTS = {
     "Mystery": 573, "Documentary": 440, "War": 382, "Musical": 334, "Western": 167, "Film-Noir": 87,
 }
 NO_GENRES = "(no genres listed)"
+GENRES_PER_MOVIE_P = (0.35, 0.33, 0.2, 0.08, 0.04)   # 1..5 genres per movie
+IMAX_P = 0.016
 IMAX = "IMAX"
 GENRES = list(GENRE_COUNTS)  # taste genres (IMAX is a format, not a taste)
 GENRE_TAGS = {
@@ -123,13 +125,13 @@ def make_movies(rng: np.random.Generator, n: int) -> tuple[pd.DataFrame, Catalog
     """Movies with MovieLens title and genre quirks, and the sampling catalog behind them."""
     ids = np.cumsum(1 + rng.poisson(0.6, n) + (rng.random(n) < 0.02) * rng.integers(10, 500, n))
     weights = np.array([GENRE_COUNTS[g] for g in GENRES], dtype=float)
-    k = rng.choice([1, 2, 3, 4, 5], n, p=[0.35, 0.33, 0.2, 0.08, 0.04])
+    k = rng.choice([1, 2, 3, 4, 5], n, p=GENRES_PER_MOVIE_P)
     # k genres per movie without replacement, weighted: Gumbel top-k, vectorised over movies
     keys = np.log(weights) + rng.gumbel(size=(n, len(GENRES)))
     order = np.argsort(-keys, axis=1)
     taken = np.arange(len(GENRES))[None, :] < k[:, None]
     bits = np.where(taken, np.left_shift(1, order), 0).sum(axis=1).astype(np.int64)
-    imax = rng.random(n) < 0.016
+    imax = rng.random(n) < IMAX_P
     no_genres = rng.random(n) < 0.0035
     no_genres[n // 2] = True
     bits[no_genres] = 0

@@ -118,11 +118,23 @@ def make_pair(seed: int, user_id: int, keywords_p: float, style: str) -> Pair:
 
 
 def item_genres(rng: np.random.Generator) -> list[str]:
-    """1–3 genres as MovieLens lists them; now and then only a genre the world has no style for."""
-    if rng.random() < 0.03:
-        return [str(rng.choice(["(no genres listed)", "IMAX"]))]
-    k = 1 + int(rng.random() < 0.5) + int(rng.random() < 0.15)
-    return [world.GENRES[i] for i in rng.choice(len(world.GENRES), k, replace=False)]
+    """Genres of a made-up movie as the synthetic catalogue writes them: 1–5 per movie with its counts,
+    alphabetical like MovieLens, IMAX now and then, rarely none the world has a style for.
+
+    Genres are drawn by √frequency (as `user_taste` does) so rare ones are seen first in the list too,
+    and a quarter of the lists are shuffled: the answer is the first *listed* known genre, which an
+    alphabetical-only training set could not tell from the alphabetically first.
+    """
+    if rng.random() < 0.02:
+        return [str(rng.choice([synth.NO_GENRES, synth.IMAX]))]
+    k = 1 + int(rng.choice(len(synth.GENRES_PER_MOVIE_P), p=synth.GENRES_PER_MOVIE_P))
+    weights = np.sqrt(np.array([synth.GENRE_COUNTS[g] for g in synth.GENRES], dtype=float))
+    genres = [synth.GENRES[i] for i in rng.choice(len(synth.GENRES), k, replace=False, p=weights / weights.sum())]
+    if rng.random() < 4 * synth.IMAX_P:
+        genres.append(synth.IMAX)
+    if rng.random() < 0.75:
+        return sorted(genres)
+    return [genres[i] for i in rng.permutation(len(genres))]
 
 
 def make_item_pair(seed: int, index: int, style: str, n_keywords: int = N_ITEM_KEYWORDS) -> Pair:

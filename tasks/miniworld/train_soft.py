@@ -66,6 +66,9 @@ def train_soft(out_dir, world_dir, seed: int = 0, cfg: SoftStageConfig = SoftSta
         if row.get("eval_loss") is not None:
             say(f"[soft_prompt] step {row['step']}/{cfg.steps} eval loss {row['eval_loss']:.4f}")
 
+    # Redoing the stage trains afresh (the Llama or SD under it may have changed): an earlier run's
+    # checkpoints would otherwise be refused by the training flow (it resumes only when asked).
+    shutil.rmtree(out / "run", ignore_errors=True)
     summary = train_soft_prompt_run(str(warehouse), str(poster_dir), str(out / "run"), config=str(config),
                                     steps=cfg.steps, lr=cfg.lr, batch=cfg.batch, seed=seed, warmup_steps=cfg.warmup,
                                     eval_every=cfg.eval_every, checkpoint_every=cfg.steps, on_step=on_step)

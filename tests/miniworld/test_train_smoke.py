@@ -54,3 +54,11 @@ def test_random_weights_control_really_uses_other_weights(smoke_run):
     arrays = {p.name: rng.standard_normal(p.shape).astype(np.float32) * 0.05 for p in pipe.unet.get_parameters()}
     control = control_pipeline(out / "sd", arrays, micro_batch=1).generate(["action"], [3], steps=2, guidance=2.0)
     assert np.abs(trained.astype(int) - control.astype(int)).mean() > 5
+
+
+def test_a_stage_can_be_redone(smoke_run):
+    """`--stages soft_prompt` on a finished world trains that stage again and keeps the others."""
+    out, first = smoke_run
+    again = train_miniworld(out, seed=0, smoke=True, stages=("soft_prompt",))
+    assert again["stages"]["soft_prompt"]["loss_fell"] is not None
+    assert again["stages"]["llama"] == first["stages"]["llama"]

@@ -82,6 +82,15 @@ def test_item_pairs_use_the_pipeline_item_prompt_and_answer_the_palette_block():
         assert len(p.keywords) == 4 and p.keywords[1] == world.STYLES[world.genre_of(p.keywords[0])].background
     # genres are written as MovieLens lists them; the answer follows the poster's palette genre (fallbacks too)
     assert any(p.keywords[0] == world.FALLBACK_GENRE.lower() and "Drama" not in p.prompt for p in pairs)
+    # the catalogue's long lists too (a Llama trained on 1–3 genres answered "comedy" for Animation|Children|Comedy|IMAX)
+    from tasks.miniworld.train_llama import item_genres
+
+    rng = np.random.default_rng(0)
+    lists = [item_genres(rng) for _ in range(2000)]
+    assert {len(g) for g in lists} >= {1, 2, 3, 4, 5, 6}
+    long_firsts = {world.known_genres(g)[0] for g in lists if len(g) >= 4}
+    assert len(long_firsts) >= 10
+    assert sum(g == sorted(g) for g in lists if len(g) > 2) > sum(g != sorted(g) for g in lists if len(g) > 2) > 0
     assert build_item_prompt("X", ["Horror"], "", 4, "vicuna").count("4 keywords") == 1
 
 
