@@ -1,7 +1,8 @@
 """Evaluation: PMG against the non-personalized baseline and the ablations on held-out (user, target) pairs.
 
 Variants (K candidates each): baseline = target keywords only; pmg = target + preference keywords +
-soft embeddings; keywords = target + preference keywords; soft = target keywords + soft embeddings.
+soft embeddings; keywords = target + preference keywords; soft = target keywords + soft embeddings;
+opt-in world_baseline / world_keywords = the miniature world's renderer drawing those captions.
 Scores per candidate: CLIP d_p / d_t against the keyword texts (as the original) and, with a posters
 directory, against the history posters / the target poster (image–image), SSIM against the target
 and history posters, and LPIPS (pmg_models.lpips) when weights are given. z is computed at every α of the sweep; the selected candidate per α is marked.
@@ -24,6 +25,7 @@ from prefect import flow
 from flows.train import new_run_id, record_run, resolve_models
 from tasks import evaluation as E
 from tasks import resources
+from tasks.miniworld.posters import CANVAS
 from tasks.pmg import conditioning, prompts, scoring
 
 LPIPS_NOTE = ("LPIPS skipped: pass --lpips-weights PATH (safetensors with AlexNet's conv layers and LPIPS' lin "
@@ -41,6 +43,12 @@ def soft_prompt_file(path: Path) -> Path:
     return path / "soft_prompt.safetensors" if path.is_dir() else path
 
 
+def check_world_size(size: int) -> None:
+    if size > CANVAS or CANVAS % size:
+        raise ValueError(f"--world-reference renders {CANVAS}-pixel posters down to the image size; "
+                         f"{size} does not divide {CANVAS} (pass --size)")
+
+
 def headline_alpha(alphas: Sequence[float], alpha: float) -> tuple[list[float], float]:
     """The sweep (with `alpha` added unless a value within 1e-3 is already in it) and the summary's α."""
     alphas = sorted(dict.fromkeys(float(a) for a in alphas))
@@ -55,8 +63,11 @@ def generate_images(pipe, jobs: list[E.Job], soft_emb: np.ndarray | None, steps:
     """uint8 images for the jobs, in batches that share soft conditioning (all with or all without)."""
     negative = conditioning.negative_prompt("movie")
     out: list[np.ndarray | None] = [None] * len(jobs)
+    for i, j in enumerate(jobs):
+        if j.variant in E.REFERENCE_VARIANTS:
+            out[i] = E.render_reference(j, size)
     for soft in (False, True):
-        idx = [i for i, j in enumerate(jobs) if j.soft == soft]
+        idx = [i for i, j in enumerate(jobs) if j.soft == soft and j.variant not in E.REFERENCE_VARIANTS]
         for a in range(0, len(idx), GEN_BATCH):
             part = idx[a:a + GEN_BATCH]
             extra = soft_emb[[jobs[i].pair for i in part]] if soft else None
@@ -148,7 +159,7 @@ def _fmt(x, pct: bool = False) -> str:
 
 def component_table(by: dict[str, dict]) -> list[str]:
     """The comparison with the baseline for each part of the blend (CLIP text score, image–image score) alone."""
-    rows = [v for v in E.VARIANTS if v in by and v != "baseline"]
+    rows = [v for v in E.VARIANTS + E.REFERENCE_VARIANTS if v in by and v not in E.BASELINES]
     if not rows or all(math.isnan(by[v]["win_rate_d_p_image"]) for v in rows):
         return []
     lines = ["Each part of d_p and d_t alone (text: vs the keyword texts, as the original's reranker; image: vs the "
@@ -157,7 +168,7 @@ def component_table(by: dict[str, dict]) -> list[str]:
     win = lambda x: "—" if math.isnan(x) else f"{100 * x:.0f}%"  # noqa: E731
     for v in rows:
         r = by[v]
-        lines.append(f"| {E.VARIANT_TITLES[v]} | {win(r['win_rate_d_p_text'])} | {_fmt(r['rel_change_d_t_text'], True)} "
+        lines.append(f"| {E.TITLES[v]} | {win(r['win_rate_d_p_text'])} | {_fmt(r['rel_change_d_t_text'], True)} "
                      f"| {win(r['win_rate_d_p_image'])} | {_fmt(r['rel_change_d_t_image'], True)} |")
     return lines + [""]
 
@@ -173,13 +184,13 @@ def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Seque
              "| Δ LPIPS history vs baseline |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by = {r["variant"]: r for r in summary}
-    for v in E.VARIANTS:
+    for v in E.VARIANTS + tuple(v for v in E.REFERENCE_VARIANTS if v in by):
         if v in by:
             r = by[v]
             w = r["win_rate_d_p"]
-            win = "—" if v == "baseline" or math.isnan(w) else f"{100 * w:.0f}%"
-            lines.append(f"| {E.VARIANT_TITLES[v]} | {r['pairs']} | {_fmt(r['mean_d_p'])} | {_fmt(r['mean_d_t'])} "
-                         f"| {win} | {'—' if v == 'baseline' else _fmt(r['rel_change_d_t'], True)} "
+            win = "—" if v in E.BASELINES or math.isnan(w) else f"{100 * w:.0f}%"
+            lines.append(f"| {E.TITLES[v]} | {r['pairs']} | {_fmt(r['mean_d_p'])} | {_fmt(r['mean_d_t'])} "
+                         f"| {win} | {'—' if v in E.BASELINES else _fmt(r['rel_change_d_t'], True)} "
                          f"| {_fmt(r['mean_d_p_text'])} | {_fmt(r['mean_d_t_text'])} | {_fmt(r['mean_d_p_image'])} "
                          f"| {_fmt(r['mean_d_t_image'])} | {_fmt(r['mean_ssim_target'])} "
                          f"| {_fmt(r['mean_ssim_history'])} | {_fmt(r['mean_lpips_target'])} "
@@ -190,7 +201,8 @@ def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Seque
     lines += ["", "d_p / d_t: CLIP 100·cos of the selected image with the preference / target keyword text, "
               "blended geometrically with the image–image score (history posters / target poster) when posters "
               "exist. \"d_p > baseline\": share of pairs whose selected image has a higher d_p than the baseline's "
-              "(ties count half). Δ d_t: relative change of mean d_t against the baseline. LPIPS (when weights are "
+              "(ties count half). Δ d_t: relative change of mean d_t against the baseline (the world renderer's "
+              "keywords caption: against the world renderer's baseline caption). LPIPS (when weights are "
               "given): lower = more similar; a negative Δ LPIPS history means images closer to the user's history "
               "posters than the baseline's (the paper's personalization measure).", ""]
     lines += component_table(by)
@@ -215,7 +227,7 @@ def write_plot(path: Path, curves: dict[str, list[tuple]], alpha: float) -> Path
         pts = [q for q in pts if math.isfinite(q[1]) and math.isfinite(q[2])]
         if not pts:
             continue
-        ax.plot([q[2] for q in pts], [q[1] for q in pts], marker="o", ms=4, label=E.VARIANT_TITLES[v])
+        ax.plot([q[2] for q in pts], [q[1] for q in pts], marker="o", ms=4, label=E.TITLES[v])
         groups: dict[tuple, list[float]] = {}   # α values selecting the same images share one label
         for a, dp, dt in pts:
             groups.setdefault((round(dp, 9), round(dt, 9)), []).append(a)
@@ -303,13 +315,15 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
                  guidance: float | None = None,
                  w_soft: float = 1.0, seed: int = 0, limit_users: int | None = None, lpips_weights: str | None = None,
                  out: str | None = None, run_id: str | None = None, n_history: int = 5,
-                 prompt_style: str = "vicuna") -> dict:
+                 prompt_style: str = "vicuna", world_reference: bool = False) -> dict:
     """Run the evaluation; returns a summary dict (run id, paths, per-variant summary, notes)."""
     from pmg_models import soft_prompt as S
     from warehouse.db import connect_reader
 
     if lpips_weights and not posters:
         raise ValueError("--lpips-weights needs --posters: LPIPS compares the images with the target and history posters")
+    if world_reference and size is not None:
+        check_world_size(size)  # early: the check after model loading would come only after keyword generation
     models = resolve_models(warehouse, config, llm=llm, sd=sd, clip=clip, soft_prompt=soft_prompt)
     method = models["method"]  # the model config's [method] defaults; arguments given here win
     candidates = int(candidates if candidates is not None else method.get("candidates", 2))
@@ -371,7 +385,17 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
                      "variant was skipped, and PMG full without its soft part is the 'keywords only' row.")
 
     size = int(size or pipe.default_size)
+    if world_reference:
+        check_world_size(size)
+        variants += list(E.REFERENCE_VARIANTS)
+        notes.append("World reference: the miniature world's renderer drew the baseline and keywords-only captions "
+                     "(same seeds; keyword weights and soft tokens do not apply) — what a perfect generator would "
+                     "make of these keywords, so the most d_p and d_t can show here. Its keywords row is compared "
+                     "with its own baseline row.")
     jobs = E.plan_jobs(pairs, item_kw, variants, candidates, seed, weights=weights, with_title=with_title)
+    for j in jobs:  # fail before any image is generated, not in the middle of the run
+        if j.variant in E.REFERENCE_VARIANTS and j.candidate == 0:
+            E.render_reference(j, size)
     opts = {"steps": steps, "size": size, "guidance": guidance, "w_soft": w_soft, "lpips": lpips_model,
             "with_title": with_title}
     base, poster_emb = [], {}
@@ -388,6 +412,7 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
     summary = E.summarize(rows, alpha, variants)
     settings = {"pairs": len(pairs), "candidates": candidates, "weights": list(weights), "alpha": alpha,
                 "alphas": alphas, "steps": steps, "size": size, "guidance": guidance, "w_soft": w_soft, "seed": seed, "limit_users": limit_users,
+                "world_reference": world_reference,
                 "posters": str(posters_dir) if posters_dir else None,
                 "soft_prompt": str(models["soft_prompt"]) if models["soft_prompt"] else None,
                 "llm": lm.fingerprint, "sd": pipe.fingerprint, "clip": clip_model.fingerprint,

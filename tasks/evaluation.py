@@ -23,6 +23,13 @@ from warehouse import queries
 VARIANTS = ("baseline", "pmg", "keywords", "soft")
 VARIANT_TITLES = {"baseline": "baseline (target keywords only)", "pmg": "PMG (keywords + soft embeddings)",
                   "keywords": "keywords only", "soft": "soft embeddings only"}
+# Opt-in (--world-reference): the miniature world's renderer draws the baseline and keywords-only captions,
+# i.e. what a perfect generator would make of them: the most d_p and d_t can show with these keywords.
+REFERENCE_VARIANTS = ("world_baseline", "world_keywords")
+TITLES = {**VARIANT_TITLES, "world_baseline": "world renderer: baseline caption",
+          "world_keywords": "world renderer: keywords caption"}
+BASELINE_OF = {"world_keywords": "world_baseline"}  # every other variant is compared with "baseline"
+BASELINES = ("baseline", "world_baseline")
 
 
 @dataclass
@@ -176,7 +183,7 @@ def plan_jobs(pairs: Sequence[Pair], item_kw, variants: Sequence[str], k: int, b
     grid = conditioning.candidate_grid(k, weights=tuple(weights))
     jobs = []
     for v in variants:
-        with_kw = v in ("pmg", "keywords")
+        with_kw = v in ("pmg", "keywords", "world_keywords")
         for i, p in enumerate(pairs):
             tkw = target_kw(p, item_kw, with_title)
             for c in (grid if with_kw else [conditioning.Candidate(j, j, 0.0) for j in range(k)]):
@@ -184,6 +191,18 @@ def plan_jobs(pairs: Sequence[Pair], item_kw, variants: Sequence[str], k: int, b
                 seed = conditioning.candidate_seed(base_seed, p.user_id, p.target_movie_id, c.seed_slot)
                 jobs.append(Job(v, i, c.index, seed, c.w, v in ("pmg", "soft"), tuple(segs)))
     return jobs
+
+
+def render_reference(job: Job, size: int) -> np.ndarray:
+    """The miniature world's renderer drawing a job's caption (keyword weights do not apply to it)."""
+    from tasks.miniworld import posters, world
+
+    words = [w for text, _ in job.segments for w in text.split(",")]
+    genres, band = world.parse(words)
+    if not genres:
+        raise ValueError(f"--world-reference draws miniature-world captions, but {', '.join(w.strip() for w in words)!r} "
+                         "names no genre of the world; use it with the miniature world's models and warehouse")
+    return posters.render(genres, band, job.seed, size=size)
 
 
 def fit_to(ref: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -250,16 +269,17 @@ def _mean(values) -> float:
 
 
 def summarize(rows: list[dict], alpha: float, variants: Sequence[str]) -> list[dict]:
-    """Per variant at α: means of the selected candidates' scores, and the comparison with the baseline."""
+    """Per variant at α: means of the selected candidates' scores, and the comparison with its baseline."""
     chosen = [r for r in rows if r["selected"] and math.isclose(r["alpha"], alpha, abs_tol=1e-9)]
     by_variant = {v: sorted((r for r in chosen if r["variant"] == v), key=lambda r: (r["user_id"], r["target_movie_id"]))
                   for v in variants}
-    base = {(r["user_id"], r["target_movie_id"]): r for r in by_variant.get("baseline", [])}
+    bases = {b: {(r["user_id"], r["target_movie_id"]): r for r in by_variant.get(b, [])} for b in BASELINES}
     out = []
     for v in variants:
         sel = by_variant[v]
         row = {"variant": v, "alpha": alpha, "pairs": len(sel), **{f"mean_{m}": _mean(r.get(m) for r in sel)
                                                                      for m in SUMMARY_METRICS}}
+        base = bases[BASELINE_OF.get(v, "baseline")]
         paired = [(r, base[(r["user_id"], r["target_movie_id"])]) for r in sel
                   if (r["user_id"], r["target_movie_id"]) in base]
         row.update(win_rate_d_p=math.nan, rel_change_d_p=math.nan, rel_change_d_t=math.nan,
@@ -267,7 +287,7 @@ def summarize(rows: list[dict], alpha: float, variants: Sequence[str]) -> list[d
                    rel_change_lpips_target=math.nan)
         for part in COMPONENTS:
             row.update({f"win_rate_d_p_{part}": math.nan, f"rel_change_d_t_{part}": math.nan})
-        if v != "baseline" and paired:
+        if v not in BASELINES and paired:
             cmp = metrics.compare_to_baseline(*_columns(paired, "d_p", "d_t"))
             row.update(win_rate_d_p=cmp["win_rate_d_p"], rel_change_d_p=cmp["rel_change_d_p"],
                        rel_change_d_t=cmp["rel_change_d_t"])

@@ -48,6 +48,9 @@ def register(sub) -> None:
                                            "layers + LPIPS lin layers); needs --posters")
     p.add_argument("--out", help="report directory (default <warehouse>/evaluations/<run id>)")
     p.add_argument("--run-id", help="replace this evaluation run's rows and files instead of starting a new run")
+    p.add_argument("--world-reference", action="store_true",
+                   help="miniature world only: also let the world's renderer draw the baseline and keywords-only "
+                        "captions (a perfect generator: the most the scores can show with these keywords)")
     p.set_defaults(handler=cmd_evaluate)
 
 
@@ -105,7 +108,8 @@ def cmd_evaluate(args) -> int:
                      llm=args.llm, sd=args.sd, clip=args.clip, alphas=_alphas(args.alphas), alpha=args.alpha,
                      candidates=args.candidates, steps=args.steps, size=args.size, guidance=args.guidance,
                      w_soft=args.w_soft, seed=args.seed, limit_users=args.limit_users,
-                     lpips_weights=args.lpips_weights, out=args.out, run_id=args.run_id)
+                     lpips_weights=args.lpips_weights, out=args.out, run_id=args.run_id,
+                     world_reference=args.world_reference)
     for note in s["notes"]:
         print(note, file=sys.stderr)
     print(f"evaluated {s['pairs']} (user, target) pairs, variants: {', '.join(s['variants'])}")

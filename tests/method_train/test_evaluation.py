@@ -81,3 +81,28 @@ def test_fill_keywords_with_the_llm(tiny_models):
     assert ps.item_keywords[8] == ["kept"] and isinstance(ps.item_keywords[7], list)
     assert E.fill_preferences(lm, ps, max_new_tokens=6) == 1
     assert isinstance(pairs[0].pref_keywords, list) and pairs[1].pref_keywords == ["dark", "noir"]
+
+
+def test_world_reference_draws_the_caption_and_compares_with_its_own_baseline():
+    from tasks.miniworld import posters, world
+
+    pair = _pair(1, 7, prefs=world.block("Horror") + world.block("Comedy"))
+    jobs = E.plan_jobs([pair], {7: world.block("Western")}, E.REFERENCE_VARIANTS, k=2, base_seed=0)
+    by = {(j.variant, j.candidate): j for j in jobs}
+    assert not any(j.soft for j in jobs)
+    # The keywords caption is target + preference blocks: western background, the first preference's motif.
+    img = E.render_reference(by[("world_keywords", 0)], 32)
+    assert np.array_equal(img, posters.render(["Western", "Horror", "Comedy"], None, by[("world_keywords", 0)].seed))
+    assert np.array_equal(E.render_reference(by[("world_baseline", 1)], 32),
+                          posters.render(["Western"], None, by[("world_baseline", 1)].seed))
+    with pytest.raises(ValueError, match="names no genre of the world"):
+        E.render_reference(E.plan_jobs([pair], {7: ["storm"]}, ["world_baseline"], k=1, base_seed=0)[0], 32)
+
+    rows = [{"variant": v, "user_id": 1, "target_movie_id": 7, "candidate": 0, "d_p_text": dp, "d_t_text": 40.0,
+             "d_p_image": None, "d_t_image": None, "ssim_target": 0.5, "ssim_history": 0.5}
+            for v, dp in (("baseline", 50.0), ("keywords", 30.0), ("world_baseline", 10.0), ("world_keywords", 20.0))]
+    s = {r["variant"]: r for r in E.summarize(E.score_rows(rows, [0.5]), 0.5,
+                                                ["baseline", "keywords", *E.REFERENCE_VARIANTS])}
+    assert s["keywords"]["win_rate_d_p"] == 0.0        # against the SD baseline (50)
+    assert s["world_keywords"]["win_rate_d_p"] == 1.0  # against the world's baseline (10), not the SD one
+    assert math.isnan(s["world_baseline"]["win_rate_d_p"])

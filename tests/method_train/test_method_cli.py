@@ -142,3 +142,5 @@ def test_clear_errors(world, capsys):
     assert "posters directory" in capsys.readouterr().err
     assert _pmg(world, "evaluate", "--alphas", "0,2") == 1
     assert "--alphas" in capsys.readouterr().err
+    assert _pmg(world, "evaluate", "--world-reference", "--size", "48") == 1
+    assert "48 does not divide 128" in capsys.readouterr().err
