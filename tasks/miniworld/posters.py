@@ -195,29 +195,37 @@ class Dataset:
         return [world.caption(b, a) for b, a in zip(self.blocks, self.attributes)]
 
 
-def random_blocks(rng: np.random.Generator, two_genre_p: float = 0.6, three_genre_p: float = 0.0) -> tuple[str, ...]:
-    """One genre, an ordered pair of distinct genres w.p. `two_genre_p`, or a triple w.p. `three_genre_p`.
+def random_blocks(rng: np.random.Generator, two_genre_p: float = 0.6, three_genre_p: float = 0.0,
+                  repeat_first_p: float = 0.0) -> tuple[str, ...]:
+    """One genre, an ordered pair of distinct genres w.p. `two_genre_p`, or a triple w.p. `three_genre_p`;
+    then, w.p. `repeat_first_p`, the first block repeated in second place (A → A A, A B → A A B).
 
     Triples are the shape of a PMG prompt in this world (target block + two preference blocks); the
-    first block still gives the palette and the second the motif. With `three_genre_p` 0 the draws are
-    the same as before triples existed, so the CLIP and classifier datasets did not change.
+    first block still gives the palette and the second the motif. A repeated first block is a PMG prompt
+    whose first preference is the target's own genre: the poster is then that genre's alone. With both
+    probabilities 0 the draws are the same as before these shapes existed, so the CLIP and classifier
+    datasets did not change.
     """
     if three_genre_p and rng.random() < three_genre_p:
-        return tuple(world.GENRES[i] for i in rng.choice(len(world.GENRES), 3, replace=False))
-    if rng.random() < two_genre_p:
+        blocks = tuple(world.GENRES[i] for i in rng.choice(len(world.GENRES), 3, replace=False))
+    elif rng.random() < two_genre_p:
         a, b = rng.choice(len(world.GENRES), 2, replace=False)
-        return world.GENRES[a], world.GENRES[b]
-    return (world.GENRES[rng.integers(len(world.GENRES))],)
+        blocks = world.GENRES[a], world.GENRES[b]
+    else:
+        blocks = (world.GENRES[rng.integers(len(world.GENRES))],)
+    if repeat_first_p and rng.random() < repeat_first_p:
+        blocks = (blocks[0],) + blocks[:2]
+    return blocks
 
 
 def sample_dataset(n: int, seed: int, size: int = 32, two_genre_p: float = 0.6, band_p: float = 0.85,
-                   three_genre_p: float = 0.0) -> Dataset:
+                   three_genre_p: float = 0.0, repeat_first_p: float = 0.0) -> Dataset:
     """`n` posters with random captions, reproducible from `seed` (use different seeds for train/val)."""
     rng = _rng(seed)
     images = np.empty((n, size, size, 3), np.uint8)
     blocks, attributes = [], []
     for i in range(n):
-        blk = random_blocks(rng, two_genre_p, three_genre_p)
+        blk = random_blocks(rng, two_genre_p, three_genre_p, repeat_first_p)
         attr = world.ATTRIBUTES[rng.integers(len(world.ATTRIBUTES))] if rng.random() < band_p else None
         images[i] = render(blk, attr, int(rng.integers(2**63)), size)
         blocks.append(blk)

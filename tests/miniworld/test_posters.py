@@ -119,3 +119,17 @@ def test_three_block_captions_take_the_first_palette_and_the_second_motif():
         assert np.array_equal(posters.render(blocks, attr, seed), posters.render(blocks[:2], attr, seed))
     # without triples the draws are those of before triples existed (the CLIP and classifier data)
     assert {len(b) for b in posters.sample_dataset(60, seed=4).blocks} == {1, 2}
+
+
+def test_a_repeated_first_block_draws_that_genre_alone():
+    """A A / A A B: a PMG prompt whose first preference is the target's genre; the poster is A's alone."""
+    data = posters.sample_dataset(80, seed=5, three_genre_p=0.3, repeat_first_p=0.5)
+    repeats = [(i, b) for i, b in enumerate(data.blocks) if len(b) > 1 and b[0] == b[1]]
+    assert repeats and {len(b) for _, b in repeats} == {2, 3}
+    for i, blocks in repeats:
+        attr = data.attributes[i]
+        assert world.labels(blocks, attr) == world.labels(blocks[:1], attr)
+        assert int(data.labels["motif"][i]) == world.MOTIFS.index(world.STYLES[blocks[0]].motif)
+        assert np.array_equal(posters.render(blocks, attr, 7), posters.render(blocks[:1], attr, 7))
+    assert posters.sample_dataset(60, seed=4, three_genre_p=0.5).blocks == \
+        posters.sample_dataset(60, seed=4, three_genre_p=0.5, repeat_first_p=0.0).blocks

@@ -52,10 +52,14 @@ def test_v_target_matches_diffusers_get_velocity():
 
 def test_eval_plan_is_seeded_and_covers_pairs():
     full = eval_plan(SDStageConfig(), 0)
-    assert len(full) == 324 + 72 and eval_plan(SDStageConfig(), 0) == full
+    assert len(full) == 324 + 72 + 36 and eval_plan(SDStageConfig(), 0) == full
     assert sum(len(b) == 2 for b, _, _ in full) == 306
-    triples = [b for b, _, _ in full if len(b) == 3]
+    triples = [b for b, _, _ in full if len(b) == 3 and b[0] != b[1]]
     assert len(triples) == 72 and all(len(set(b)) == 3 for b in triples)
+    repeats = [b for b, _, _ in full if len(b) == 3 and b[0] == b[1]]
+    assert len(repeats) == 36 and all(b[2] != b[0] for b in repeats)
+    # the repeats have their own RNG: the plan of the other captions is the one before they existed
+    assert eval_plan(SDStageConfig(eval_repeats=0), 0) == full[:324 + 72]
 
 
 def test_top_genres_counts_with_first_appearance_ties():
