@@ -43,6 +43,14 @@ def soft_prompt_file(path: Path) -> Path:
     return path / "soft_prompt.safetensors" if path.is_dir() else path
 
 
+def soft_scale(method: dict, w_soft: float | None) -> float:
+    """The soft tokens' scale: the argument, else the config's [method] soft_scale (what the pipeline uses), else 1."""
+    value = float(w_soft if w_soft is not None else method.get("soft_scale", 1.0))
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"the soft tokens' scale (--w-soft / [method] soft_scale) must be >= 0, got {value}")
+    return value
+
+
 def check_world_size(size: int) -> None:
     if size > CANVAS or CANVAS % size:
         raise ValueError(f"--world-reference renders {CANVAS}-pixel posters down to the image size; "
@@ -313,7 +321,7 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
                  alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.667, 0.75, 1.0), alpha: float = scoring.DEFAULT_ALPHA,
                  candidates: int | None = None, steps: int | None = None, size: int | None = None,
                  guidance: float | None = None,
-                 w_soft: float = 1.0, seed: int = 0, limit_users: int | None = None, lpips_weights: str | None = None,
+                 w_soft: float | None = None, seed: int = 0, limit_users: int | None = None, lpips_weights: str | None = None,
                  out: str | None = None, run_id: str | None = None, n_history: int = 5,
                  prompt_style: str = "vicuna", world_reference: bool = False) -> dict:
     """Run the evaluation; returns a summary dict (run id, paths, per-variant summary, notes)."""
@@ -329,6 +337,7 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
     candidates = int(candidates if candidates is not None else method.get("candidates", 2))
     steps = int(steps if steps is not None else method.get("steps", 20))
     guidance = float(guidance if guidance is not None else method.get("guidance", 7.5))
+    w_soft = soft_scale(method, w_soft)
     size = size or method.get("height")
     with_title = bool(method.get("title_in_prompt", True))
     weights = tuple(float(w) for w in method.get("weights", conditioning.DEFAULT_WEIGHTS))

@@ -41,7 +41,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, help="diffusion steps (default: the model config's [method], else 20)")
     p.add_argument("--size", type=int, help="image height and width (default: the SD model's sample size)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance (default: [method], else 7.5)")
-    p.add_argument("--w-soft", type=float, default=1.0, help="scale of the soft tokens (default 1)")
+    p.add_argument("--w-soft", type=float,
+                   help="scale of the soft tokens (default: [method] soft_scale, as the pipeline; else 1)")
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--limit-users", type=int, help="only the first N users (by id)")
     p.add_argument("--lpips-weights", help="LPIPS-alex weights: a safetensors file or directory (AlexNet conv "

@@ -106,3 +106,13 @@ def test_world_reference_draws_the_caption_and_compares_with_its_own_baseline():
     assert s["keywords"]["win_rate_d_p"] == 0.0        # against the SD baseline (50)
     assert s["world_keywords"]["win_rate_d_p"] == 1.0  # against the world's baseline (10), not the SD one
     assert math.isnan(s["world_baseline"]["win_rate_d_p"])
+
+
+def test_soft_scale_follows_the_pipeline_config_unless_given():
+    from flows.evaluate import soft_scale
+
+    assert soft_scale({}, None) == 1.0
+    assert soft_scale({"soft_scale": 0.5}, None) == 0.5   # what the pipeline uses for the same config
+    assert soft_scale({"soft_scale": 0.5}, 2.0) == 2.0    # the command line wins
+    with pytest.raises(ValueError, match="soft_scale"):
+        soft_scale({}, -1.0)
