@@ -404,7 +404,7 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
     jobs = E.plan_jobs(pairs, item_kw, variants, candidates, seed, weights=weights, with_title=with_title)
     for j in jobs:  # fail before any image is generated, not in the middle of the run
         if j.variant in E.REFERENCE_VARIANTS and j.candidate == 0:
-            E.render_reference(j, size)
+            E.reference_blocks(j)
     opts = {"steps": steps, "size": size, "guidance": guidance, "w_soft": w_soft, "lpips": lpips_model,
             "with_title": with_title}
     base, poster_emb = [], {}

@@ -193,15 +193,23 @@ def plan_jobs(pairs: Sequence[Pair], item_kw, variants: Sequence[str], k: int, b
     return jobs
 
 
-def render_reference(job: Job, size: int) -> np.ndarray:
-    """The miniature world's renderer drawing a job's caption (keyword weights do not apply to it)."""
-    from tasks.miniworld import posters, world
+def reference_blocks(job: Job) -> tuple:
+    """(genres, title band) of a job's caption in the miniature world; a clear error if it names no world genre."""
+    from tasks.miniworld import world
 
     words = [w for text, _ in job.segments for w in text.split(",")]
     genres, band = world.parse(words)
     if not genres:
         raise ValueError(f"--world-reference draws miniature-world captions, but {', '.join(w.strip() for w in words)!r} "
                          "names no genre of the world; use it with the miniature world's models and warehouse")
+    return genres, band
+
+
+def render_reference(job: Job, size: int) -> np.ndarray:
+    """The miniature world's renderer drawing a job's caption (keyword weights do not apply to it)."""
+    from tasks.miniworld import posters
+
+    genres, band = reference_blocks(job)
     return posters.render(genres, band, job.seed, size=size)
 
 

@@ -67,12 +67,15 @@ class Taste:
     disliked: tuple[str, ...]  # genres mostly avoided and rated lower
 
 
+_SQRT_COUNTS = np.sqrt(np.array([GENRE_COUNTS[g] for g in GENRES], dtype=float))
+TASTE_P = _SQRT_COUNTS / _SQRT_COUNTS.sum()  # genres by √frequency: rare tastes are not drowned by Drama
+
+
 def user_taste(seed: int, user_id: int) -> Taste:
     """The genres a synthetic user likes and dislikes (pure: same seed and id, same taste)."""
     rng = np.random.default_rng([seed, 7, user_id])
-    weights = np.sqrt(np.array([GENRE_COUNTS[g] for g in GENRES], dtype=float))
     n_liked = 2 if rng.random() < 0.6 else 3
-    idx = rng.choice(len(GENRES), n_liked + 1, replace=False, p=weights / weights.sum())
+    idx = rng.choice(len(GENRES), n_liked + 1, replace=False, p=TASTE_P)
     return Taste(tuple(GENRES[i] for i in idx[:n_liked]), (GENRES[idx[-1]],))
 
 

@@ -128,8 +128,7 @@ def item_genres(rng: np.random.Generator) -> list[str]:
     if rng.random() < 0.02:
         return [str(rng.choice([synth.NO_GENRES, synth.IMAX]))]
     k = 1 + int(rng.choice(len(synth.GENRES_PER_MOVIE_P), p=synth.GENRES_PER_MOVIE_P))
-    weights = np.sqrt(np.array([synth.GENRE_COUNTS[g] for g in synth.GENRES], dtype=float))
-    genres = [synth.GENRES[i] for i in rng.choice(len(synth.GENRES), k, replace=False, p=weights / weights.sum())]
+    genres = [synth.GENRES[i] for i in rng.choice(len(synth.GENRES), k, replace=False, p=synth.TASTE_P)]
     if rng.random() < 4 * synth.IMAX_P:
         genres.append(synth.IMAX)
     if rng.random() < 0.75:
