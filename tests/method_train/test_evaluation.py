@@ -116,3 +116,24 @@ def test_soft_scale_follows_the_pipeline_config_unless_given():
     assert soft_scale({"soft_scale": 0.5}, 2.0) == 2.0    # the command line wins
     with pytest.raises(ValueError, match="soft_scale"):
         soft_scale({}, -1.0)
+
+
+def test_world_reference_images_and_report_rows(tmp_path):
+    """Reference jobs are drawn by the renderer (no SD pipeline needed) and get their own report rows."""
+    from flows.evaluate import generate_images, write_markdown
+    from tasks.miniworld import world
+
+    pair = _pair(1, 7, prefs=world.block("Horror"))
+    jobs = E.plan_jobs([pair], {7: world.block("Western")}, E.REFERENCE_VARIANTS, k=1, base_seed=0)
+    images = generate_images(None, jobs, None, steps=1, size=32, guidance=1.0, w_soft=1.0)
+    assert [np.array_equal(im, E.render_reference(j, 32)) for im, j in zip(images, jobs)] == [True, True]
+
+    rows = [{"variant": v, "user_id": 1, "target_movie_id": 7, "candidate": 0, "d_p_text": dp, "d_t_text": 40.0,
+             "d_p_image": None, "d_t_image": None, "ssim_target": 0.5, "ssim_history": 0.5}
+            for v, dp in (("baseline", 50.0), ("world_baseline", 10.0), ("world_keywords", 20.0))]
+    variants = ["baseline", *E.REFERENCE_VARIANTS]
+    summary = E.summarize(E.score_rows(rows, [0.5]), 0.5, variants)
+    md = write_markdown(tmp_path / "summary.md", "r", summary, variants, {}, [],
+                        {"pairs": 1, "candidates": 1, "alpha": 0.5}).read_text()
+    line = next(x for x in md.splitlines() if x.startswith(f"| {E.TITLES['world_keywords']} |"))
+    assert "| 100% |" in line  # compared with the world's own baseline caption (10 < 20)
