@@ -5,6 +5,11 @@ place before the first oneDNN primitive runs (see runtime.py).
 """
 import os
 
-# oneDNN picks a reference convolution on AVX-512 CPUs unless capped; latched at the first op.
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+from pmg_models import kernels
+
+# oneDNN runs MindSpore's (plain NCHW) convolutions as its reference loop on AVX-512 CPUs unless capped at
+# AVX2, which also halves matmul throughput there; our native convolutions make the cap unnecessary.
+# Latched at the first oneDNN primitive, so it is decided here; an explicit setting wins.
+if "ONEDNN_MAX_CPU_ISA" not in os.environ and not kernels.convolutions():
+    os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
 os.environ.setdefault("GLOG_v", "3")  # MindSpore's C++ logging: errors only

@@ -277,11 +277,45 @@ class Linear(nn.Dense):
         return y.reshape(shape[:-1] + (y.shape[-1],))
 
 
-def Conv2d(cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, bias: bool = True) -> nn.Conv2d:
-    """torch-style Conv2d (explicit padding, bias on): MindSpore's defaults are pad_mode='same', no bias."""
-    if padding:
-        return nn.Conv2d(cin, cout, kernel, stride=stride, pad_mode="pad", padding=padding, has_bias=bias)
-    return nn.Conv2d(cin, cout, kernel, stride=stride, pad_mode="valid", has_bias=bias)
+class Conv2d(nn.Conv2d):
+    """torch-style Conv2d (explicit padding, bias on; MindSpore's defaults are pad_mode='same', no bias).
+
+    On CPU it runs as the native im2col + sgemm kernels when they are available (`kernels.convolutions()`),
+    which lets oneDNN use AVX-512 for every matmul; else MindSpore's own convolution.
+    """
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, bias: bool = True):
+        pad = {"pad_mode": "pad", "padding": padding} if padding else {"pad_mode": "valid"}
+        super().__init__(cin, cout, kernel, stride=stride, has_bias=bias, **pad)
+        self.native = None
+        if kernels.convolutions():
+            grad = _gradient_kernel("Conv2d", _conv_grads)
+            self.native = None if grad is None else _kernel("Conv2d", _conv_shape, bprop=_conv_bprop(grad, bias))
+        # Stride and padding travel as the *shape* of an empty-valued tensor: MindSpore caches a Custom op's
+        # shape function by name in eager mode, so it must read the geometry from its inputs' shapes.
+        self.geom = ms.Tensor(np.zeros((stride, padding + 1), np.float32))
+        self.no_bias = ms.Tensor(np.zeros(cout, np.float32))
+
+    def construct(self, x):
+        if self.native is None:
+            return super().construct(x)
+        return self.native(x, self.weight, self.bias if self.has_bias else self.no_bias, self.geom)
+
+
+def _conv_shape(x, w, b, geom):
+    stride, padding = geom[0], geom[1] - 1
+    return (x[0], w[0], (x[2] + 2 * padding - w[2]) // stride + 1, (x[3] + 2 * padding - w[3]) // stride + 1)
+
+
+def _conv_grads(x, w, b, geom, dy):
+    return x, w, b
+
+
+def _conv_bprop(grad, bias: bool):
+    def bprop(x, w, b, geom, out, dout):
+        dx, dw, db = grad(x, w, b, geom, dout)
+        return dx, dw, (db if bias else ops.zeros_like(b)), ops.zeros_like(geom)
+    return bprop
 
 
 # Abramowitz & Stegun 7.1.26: erfc(z) ≈ t·(a1 + t·(a2 + … + t·a5))·exp(−z²), t = 1/(1 + p·z), z ≥ 0,

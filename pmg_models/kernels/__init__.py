@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
 import platform
@@ -21,12 +22,33 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 # -ffast-math lets GCC vectorise the reductions and call libmvec's expf/erff (same bits on a given machine).
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-shared", "-fPIC", "-pthread")
+LIBS = ("-ldl",)  # the convolutions find dnnl_sgemm in MindSpore's already-loaded oneDNN
 
 
 def enabled() -> bool:
     """Native kernels are on unless PMG_NATIVE_KERNELS=0 (the classic ops are then used everywhere)."""
     return os.environ.get("PMG_NATIVE_KERNELS", "1") != "0"
+
+
+def convolutions() -> bool:
+    """Whether convolutions run natively (im2col + the sgemm of MindSpore's oneDNN): CPU, kernels built,
+    PMG_NATIVE_CONV not 0. Decides the oneDNN ISA cap (pmg_models/__init__.py): without native
+    convolutions, MindSpore's own must keep oneDNN at AVX2."""
+    return (enabled() and os.environ.get("PMG_NATIVE_CONV", "1") != "0"
+            and os.environ.get("PMG_DEVICE", "cpu").lower() == "cpu"
+            and dnnl_library() is not None and library() is not None)
+
+
+@functools.cache
+def dnnl_library() -> Path | None:
+    """MindSpore's bundled oneDNN, found without importing mindspore (no oneDNN op may run yet)."""
+    spec = importlib.util.find_spec("mindspore")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "lib" / "libdnnl.so.3"
+        if path.is_file():
+            return path
+    return None
 
 
 def cache_dir() -> Path:
@@ -46,7 +68,7 @@ def library() -> str | None:
     if cxx is None:
         log.warning("no C++ compiler found: using MindSpore's classic ops for norms and GEGLU (slower)")
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cxx, *FLAGS, platform.machine())).encode()).hexdigest()[:16]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cxx, *FLAGS, *LIBS, platform.machine())).encode()).hexdigest()[:16]
     # a read-only home (CI, containers) falls back to the temp dir
     for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"pmg-kernels-{os.getuid()}"):
         target = folder / f"pmg_cpu_kernels-{key}.so"
@@ -69,7 +91,7 @@ def _build(cxx: str, target: Path) -> str:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True)
+        subprocess.run([cxx, *FLAGS, "-o", tmp, str(SOURCE), *LIBS], check=True, capture_output=True, text=True)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

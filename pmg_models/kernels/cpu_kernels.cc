@@ -5,9 +5,17 @@
 // Its nearest-neighbour resize took 2-3 ms for a (2, 64, 32, 32) input, 35x torch's.
 // Single-threaded on purpose: an OpenMP team spinning between calls took the cores from MindSpore's own
 // thread pool (the small UNet step went from 160 to 560 ms), and these passes are memory-bound anyway.
+// The convolutions (compute-bound) are the exception: threads that live for one call, no spinning.
 // Signature (MindSpore aot): int f(nparam, params, ndims, shapes, dtypes, stream, extra); inputs first.
+#include <dlfcn.h>
+#include <sched.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
 
 namespace {
 
@@ -363,9 +371,221 @@ int softmax_grad(int nparam, void **params, int *ndims, int64_t **shapes) {
   return 0;
 }
 
+// --- Convolution as im2col + sgemm. MindSpore hands oneDNN plain NCHW tensors, for which oneDNN's
+// AVX-512 convolution is its reference loop (100-200x slower), so the process used to cap oneDNN at
+// AVX2, which also halves every matmul on CPUs with two AVX-512 FMA units. These kernels call the
+// sgemm of MindSpore's own oneDNN (dnnl_sgemm, row-major) on column chunks of at most ~4 MB, so no
+// cap is needed. Threads: the calling one plus short-lived ones, images (or column chunks) split
+// statically, so sums are in a fixed order and results are the same from run to run.
+
+using sgemm_t = int (*)(char, char, int64_t, int64_t, int64_t, float, const float *, int64_t, const float *,
+                        int64_t, float, float *, int64_t);
+
+sgemm_t sgemm() {
+  static const sgemm_t fn = [] {
+    void *lib = dlopen("libdnnl.so.3", RTLD_NOW | RTLD_NOLOAD);
+    return lib ? reinterpret_cast<sgemm_t>(dlsym(lib, "dnnl_sgemm")) : nullptr;
+  }();
+  return fn;
+}
+
+int n_threads() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// fn(t) for t in [0, n): t = 0 on the calling thread.
+template <class F>
+void run_threads(int n, F fn) {
+  std::vector<std::thread> pool;
+  for (int t = 1; t < n; ++t) pool.emplace_back(fn, t);
+  fn(0);
+  for (auto &th : pool) th.join();
+}
+
+struct Geom {
+  int64_t B, C, H, W, O, kh, kw, s, p, Ho, Wo, L, K, chunk;
+  bool direct;  // 1x1, stride 1, no padding: the input is its own column matrix
+};
+
+// x: (B, C, H, W), w: (O, C, kh, kw), geom: any values, shape (stride, padding + 1).
+Geom geometry(int64_t **shapes) {
+  Geom g;
+  g.B = shapes[0][0], g.C = shapes[0][1], g.H = shapes[0][2], g.W = shapes[0][3];
+  g.O = shapes[1][0], g.kh = shapes[1][2], g.kw = shapes[1][3];
+  g.s = shapes[3][0], g.p = shapes[3][1] - 1;
+  g.Ho = (g.H + 2 * g.p - g.kh) / g.s + 1, g.Wo = (g.W + 2 * g.p - g.kw) / g.s + 1;
+  g.L = g.Ho * g.Wo, g.K = g.C * g.kh * g.kw;
+  g.direct = g.kh == 1 && g.kw == 1 && g.s == 1 && g.p == 0;
+  g.chunk = std::min(g.L, std::max<int64_t>(64, (int64_t{1} << 20) / g.K));
+  return g;
+}
+
+// Output columns ow in [*lo, *hi) read input column ow*s - p + j inside [0, W).
+inline void valid_cols(const Geom &g, int64_t j, int64_t *lo, int64_t *hi) {
+  const int64_t a = g.p - j;  // ow*s >= a
+  *lo = a <= 0 ? 0 : (a + g.s - 1) / g.s;
+  *hi = std::min(g.Wo, (g.W - 1 + g.p - j) >= 0 ? (g.W - 1 + g.p - j) / g.s + 1 : 0);
+  *lo = std::min(*lo, *hi);
+}
+
+// Calls f(row offset in the chunk, input row or nullptr when out of the image, ow0, ow1) for each output
+// row segment of columns [l0, l0 + n), for kernel row i.
+template <class F>
+inline void segments(const Geom &g, int64_t i, int64_t l0, int64_t n, F f) {
+  for (int64_t l = l0; l < l0 + n;) {
+    const int64_t oh = l / g.Wo, ow0 = l % g.Wo, ow1 = std::min(g.Wo, ow0 + (l0 + n - l));
+    const int64_t ih = oh * g.s - g.p + i;
+    f(l - l0, ih >= 0 && ih < g.H ? ih : -1, ow0, ow1);
+    l += ow1 - ow0;
+  }
+}
+
+// Columns [l0, l0 + n) of one image's (K, L) column matrix into buf (K, n); zero outside the image.
+void im2col(const Geom &g, const float *x, int64_t l0, int64_t n, float *buf) {
+  for (int64_t c = 0; c < g.C; ++c) {
+    for (int64_t i = 0; i < g.kh; ++i) {
+      for (int64_t j = 0; j < g.kw; ++j) {
+        float *row = buf + ((c * g.kh + i) * g.kw + j) * n;
+        int64_t lo, hi;
+        valid_cols(g, j, &lo, &hi);
+        segments(g, i, l0, n, [&](int64_t off, int64_t ih, int64_t ow0, int64_t ow1) {
+          float *dst = row + off - ow0;  // dst[ow]
+          const int64_t a = std::max(ow0, lo), b = std::max(a, std::min(ow1, hi));
+          if (ih < 0) {
+            std::fill(dst + ow0, dst + ow1, 0.f);
+            return;
+          }
+          const float *src = x + (c * g.H + ih) * g.W - g.p + j;  // src[ow * s]
+          std::fill(dst + ow0, dst + a, 0.f);
+          if (g.s == 1) {
+            std::memcpy(dst + a, src + a, sizeof(float) * (b - a));
+          } else {
+            for (int64_t ow = a; ow < b; ++ow) dst[ow] = src[ow * g.s];
+          }
+          std::fill(dst + b, dst + ow1, 0.f);
+        });
+      }
+    }
+  }
+}
+
+// The adjoint of im2col: adds buf (K, n) into the image gradient dx (C, H, W).
+void col2im(const Geom &g, const float *buf, int64_t l0, int64_t n, float *dx) {
+  for (int64_t c = 0; c < g.C; ++c) {
+    for (int64_t i = 0; i < g.kh; ++i) {
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const float *row = buf + ((c * g.kh + i) * g.kw + j) * n;
+        int64_t lo, hi;
+        valid_cols(g, j, &lo, &hi);
+        segments(g, i, l0, n, [&](int64_t off, int64_t ih, int64_t ow0, int64_t ow1) {
+          if (ih < 0) return;
+          const float *src = row + off - ow0;
+          float *dst = dx + (c * g.H + ih) * g.W - g.p + j;
+          const int64_t a = std::max(ow0, lo), b = std::max(a, std::min(ow1, hi));
+          if (g.s == 1) {
+            for (int64_t ow = a; ow < b; ++ow) dst[ow] += src[ow];
+          } else {
+            for (int64_t ow = a; ow < b; ++ow) dst[ow * g.s] += src[ow];
+          }
+        });
+      }
+    }
+  }
+}
+
+// x, w, bias: (O), geom -> y: (B, O, Ho, Wo).
+int conv2d(int nparam, void **params, int *ndims, int64_t **shapes) {
+  const sgemm_t gemm = sgemm();
+  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || gemm == nullptr) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  const float *b = static_cast<const float *>(params[2]);
+  const Geom g = geometry(shapes);
+  float *y = static_cast<float *>(params[4]);
+  const int64_t chunks = (g.L + g.chunk - 1) / g.chunk, items = g.B * chunks;
+  const int T = static_cast<int>(std::min<int64_t>(n_threads(), items));
+  run_threads(T, [&](int t) {
+    std::vector<float> buf(g.direct ? 0 : g.K * g.chunk);
+    for (int64_t item = t; item < items; item += T) {
+      const int64_t n = item / chunks, l0 = (item % chunks) * g.chunk, m = std::min(g.chunk, g.L - l0);
+      const float *xn = x + n * g.C * g.H * g.W;
+      float *yn = y + n * g.O * g.L;
+      if (g.direct) {
+        gemm('N', 'N', g.O, m, g.K, 1.f, w, g.K, xn + l0, g.L, 0.f, yn + l0, g.L);
+      } else {
+        im2col(g, xn, l0, m, buf.data());
+        gemm('N', 'N', g.O, m, g.K, 1.f, w, g.K, buf.data(), m, 0.f, yn + l0, g.L);
+      }
+      for (int64_t o = 0; o < g.O; ++o) {
+        float *row = yn + o * g.L + l0;
+        for (int64_t l = 0; l < m; ++l) row[l] += b[o];
+      }
+    }
+  });
+  return 0;
+}
+
+// x, w, bias, geom, dy: (B, O, Ho, Wo) -> dx, dw, dbias. Images split over threads; each thread sums
+// its own dw/dbias, added in thread order.
+int conv2d_grad(int nparam, void **params, int *ndims, int64_t **shapes) {
+  const sgemm_t gemm = sgemm();
+  if (nparam != 8 || ndims[0] != 4 || ndims[1] != 4 || gemm == nullptr) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  const Geom g = geometry(shapes);
+  const float *dy = static_cast<const float *>(params[4]);
+  float *dx = static_cast<float *>(params[5]);
+  float *dw = static_cast<float *>(params[6]);
+  float *db = static_cast<float *>(params[7]);
+  const int T = static_cast<int>(std::min<int64_t>(n_threads(), g.B));
+  std::vector<std::vector<float>> dws(T), dbs(T);
+  run_threads(T, [&](int t) {
+    std::vector<float> &dwt = dws[t], &dbt = dbs[t];
+    dwt.assign(g.O * g.K, 0.f);
+    dbt.assign(g.O, 0.f);
+    std::vector<float> buf(g.direct ? 0 : g.K * g.chunk);
+    for (int64_t n = t; n < g.B; n += T) {
+      const float *xn = x + n * g.C * g.H * g.W, *dyn = dy + n * g.O * g.L;
+      float *dxn = dx + n * g.C * g.H * g.W;
+      if (!g.direct) std::memset(dxn, 0, sizeof(float) * g.C * g.H * g.W);
+      for (int64_t l0 = 0; l0 < g.L; l0 += g.chunk) {
+        const int64_t m = std::min(g.chunk, g.L - l0);
+        if (g.direct) {
+          gemm('T', 'N', g.K, m, g.O, 1.f, w, g.K, dyn + l0, g.L, 0.f, dxn + l0, g.L);
+          gemm('N', 'T', g.O, g.K, m, 1.f, dyn + l0, g.L, xn + l0, g.L, 1.f, dwt.data(), g.K);
+        } else {
+          gemm('T', 'N', g.K, m, g.O, 1.f, w, g.K, dyn + l0, g.L, 0.f, buf.data(), m);
+          col2im(g, buf.data(), l0, m, dxn);
+          im2col(g, xn, l0, m, buf.data());
+          gemm('N', 'T', g.O, g.K, m, 1.f, dyn + l0, g.L, buf.data(), m, 1.f, dwt.data(), g.K);
+        }
+        for (int64_t o = 0; o < g.O; ++o) {
+          const float *row = dyn + o * g.L + l0;
+          float sum = 0.f;
+          for (int64_t l = 0; l < m; ++l) sum += row[l];
+          dbt[o] += sum;
+        }
+      }
+    }
+  });
+  std::copy(dws[0].begin(), dws[0].end(), dw);
+  std::copy(dbs[0].begin(), dbs[0].end(), db);
+  for (int t = 1; t < T; ++t) {
+    for (int64_t i = 0; i < g.O * g.K; ++i) dw[i] += dws[t][i];
+    for (int64_t o = 0; o < g.O; ++o) db[o] += dbs[t][o];
+  }
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
+int Conv2d(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) { return conv2d(np, p, nd, s); }
+int Conv2dGrad(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
+  return conv2d_grad(np, p, nd, s);
+}
 int GroupNorm(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
   return group_norm<false>(np, p, nd, s);
 }

@@ -21,7 +21,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops
 
-from pmg_models import runtime
+from pmg_models import ops as P, runtime
 from pmg_models.checkpoint import load_into, save_safetensors, weight_files
 from tasks.miniworld import posters, world
 
@@ -51,7 +51,7 @@ class ConvBlock(nn.Cell):
 
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, pad_mode="pad", padding=1, has_bias=True)
+        self.conv = P.Conv2d(cin, cout, 3, padding=1)
         self.bn = nn.BatchNorm2d(cout, momentum=0.9)
         self.relu = nn.ReLU()
 

@@ -62,6 +62,7 @@ def test_native_kernels_are_built_and_used_on_cpu():
     assert ops.GEGLU().kernel is not None and ops.Upsample2x().kernel is not None
     assert ops.RMSNorm(8).kernel is not None and ops.SwiGLU().kernel is not None
     assert ops.Softmax().grad is not None
+    assert kernels.convolutions() and ops.Conv2d(2, 3, 3).native is not None
 
 
 @pytest.mark.parametrize("silu", [False, True])
@@ -173,6 +174,60 @@ def test_softmax(path, compiled):
     sm = ops.Softmax()
     assert (sm.grad is not None) == (path == "native")
     _check(_grads(sm, x, dout, compiled), _torch_grads(lambda x: torch.softmax(x, -1), x, dout, []), 1e-6)
+
+
+# (batch, in, out, size, kernel, stride, padding, bias): the UNet/VAE 3x3 convs, stride-2 downsampling
+# with and without padding, the 1x1 shortcut (no im2col), CLIP's patch embedding, and channels x 9 above
+# the kernel's column-chunk budget (2 chunks per image).
+CONVS = [(3, 5, 7, 9, 3, 1, 1, True), (2, 4, 6, 8, 3, 2, 1, True), (2, 4, 6, 9, 3, 2, 0, True),
+         (3, 8, 5, 6, 1, 1, 0, True), (1, 3, 16, 28, 14, 14, 0, False), (2, 300, 9, 20, 3, 1, 1, True)]
+
+
+@pytest.mark.parametrize("case", CONVS, ids=lambda c: "b{}c{}o{}h{}k{}s{}p{}{}".format(*c[:7], "" if c[7] else "-nobias"))
+@pytest.mark.parametrize("compiled", [False, True])
+def test_conv2d(path, case, compiled):
+    b, c, o, h, k, s, p, bias = case
+    conv = ops.Conv2d(c, o, k, s, p, bias)
+    assert (conv.native is not None) == (path == "native")
+    w = (rng.standard_normal((o, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
+    conv.weight.set_data(runtime.to_tensor(w))
+    params = [w]
+    if bias:
+        params.append(rng.standard_normal(o).astype(np.float32))
+        conv.bias.set_data(runtime.to_tensor(params[1]))
+    x = rng.standard_normal((b, c, h, h)).astype(np.float32)
+    out = (h + 2 * p - k) // s + 1
+    dout = rng.standard_normal((b, o, out, out)).astype(np.float32)
+
+    def ref(x, w, b=None):
+        return torch.nn.functional.conv2d(x, w, b, stride=s, padding=p)
+
+    _check(_grads(conv, x, dout, compiled), _torch_grads(ref, x, dout, params), 1e-5)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_conv2d_geometries_side_by_side(compiled):
+    """Eager MindSpore keeps one shape function per Custom op name: each conv's geometry must still count."""
+    class Both(ms.nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.same, self.down = ops.Conv2d(4, 4, 3, padding=1), ops.Conv2d(4, 4, 3, stride=2, padding=1)
+
+        def construct(self, x):
+            return self.same(x), self.down(x)
+
+    fn = ms.jit(Both()) if compiled else Both()
+    outs = fn(runtime.to_tensor(rng.standard_normal((2, 4, 8, 8)).astype(np.float32)))
+    assert [tuple(o.shape) for o in outs] == [(2, 4, 8, 8), (2, 4, 4, 4)]
+
+
+def test_native_conv2d_is_batch_independent_and_repeatable():
+    """Images are computed one by one with the same column chunks, whatever else is in the batch."""
+    conv = ops.Conv2d(300, 8, 3, 1, 1)
+    x = rng.standard_normal((5, 300, 20, 20)).astype(np.float32)
+    full = conv(runtime.to_tensor(x)).asnumpy()
+    assert np.array_equal(full, conv(runtime.to_tensor(x)).asnumpy())
+    assert np.array_equal(full[3:4], conv(runtime.to_tensor(x[3:4])).asnumpy())
 
 
 @pytest.mark.parametrize("bias", [True, False])

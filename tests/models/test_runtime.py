@@ -1,14 +1,40 @@
 """The runtime module: CPU settings, dtype policy, host RNG."""
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pmg_models import runtime
+import pmg_models
+from pmg_models import kernels, runtime
 
 
-def test_onednn_isa_is_capped_before_mindspore_runs():
-    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+def _isa_after_import(**env):
+    """ONEDNN_MAX_CPU_ISA as `import pmg_models` leaves it in a fresh process with `env` added."""
+    base = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "PMG_NATIVE_CONV")}
+    code = "import os, pmg_models; print(os.environ.get('ONEDNN_MAX_CPU_ISA'))"
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_onednn_isa_is_capped_only_without_native_convolutions():
+    # MindSpore's own convolutions need the AVX2 cap (oneDNN's AVX-512 one for plain NCHW is its reference
+    # loop); the native ones do not, and matmuls then get AVX-512.
+    assert kernels.convolutions()
+    assert _isa_after_import() == "None"
+    assert _isa_after_import(PMG_NATIVE_CONV="0") == "AVX2"
+    assert _isa_after_import(PMG_NATIVE_KERNELS="0") == "AVX2"
+    assert _isa_after_import(PMG_NATIVE_CONV="0", ONEDNN_MAX_CPU_ISA="AVX512_CORE") == "AVX512_CORE"
+
+
+def test_no_model_builds_mindspores_convolution_directly():
+    """Every convolution goes through ops.Conv2d, which is what makes dropping the ISA cap safe."""
+    root = Path(pmg_models.__file__).parents[1]
+    offenders = [str(f.relative_to(root)) for d in ("pmg_models", "tasks", "flows", "pmg") if (root / d).is_dir()
+                 for f in (root / d).rglob("*.py") if f.name != "ops.py" and "nn.Conv2d(" in f.read_text()]
+    assert not offenders
 
 
 def test_cpu_is_fp32():
