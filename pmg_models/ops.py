@@ -287,11 +287,8 @@ class Conv2d(nn.Conv2d):
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, bias: bool = True):
         pad = {"pad_mode": "pad", "padding": padding} if padding else {"pad_mode": "valid"}
         super().__init__(cin, cout, kernel, stride=stride, has_bias=bias, **pad)
-        self.native = None
-        if kernels.convolutions():
-            grad = _gradient_kernel("Conv2d", _conv_grads)
-            self.native = None if grad is None else _kernel("Conv2d", _conv_shape, bprop=_conv_bprop(grad, bias))
-        # Stride and padding travel as the *shape* of an empty-valued tensor: MindSpore caches a Custom op's
+        self.native = _native("Conv2d", _conv_shape, _conv_grads, _conv_bprop(bias)) if kernels.convolutions() else None
+        # Stride and padding travel as the *shape* of a zero-filled tensor: MindSpore caches a Custom op's
         # shape function by name in eager mode, so it must read the geometry from its inputs' shapes.
         self.geom = ms.Tensor(np.zeros((stride, padding + 1), np.float32))
         self.no_bias = ms.Tensor(np.zeros(cout, np.float32))
@@ -311,11 +308,13 @@ def _conv_grads(x, w, b, geom, dy):
     return x, w, b
 
 
-def _conv_bprop(grad, bias: bool):
-    def bprop(x, w, b, geom, out, dout):
-        dx, dw, db = grad(x, w, b, geom, dout)
-        return dx, dw, (db if bias else ops.zeros_like(b)), ops.zeros_like(geom)
-    return bprop
+def _conv_bprop(bias: bool):
+    def bprop_from(grad):
+        def bprop(x, w, b, geom, out, dout):
+            dx, dw, db = grad(x, w, b, geom, dout)
+            return dx, dw, (db if bias else ops.zeros_like(b)), ops.zeros_like(geom)
+        return bprop
+    return bprop_from
 
 
 # Abramowitz & Stegun 7.1.26: erfc(z) ≈ t·(a1 + t·(a2 + … + t·a5))·exp(−z²), t = 1/(1 + p·z), z ≥ 0,

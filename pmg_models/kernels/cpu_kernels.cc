@@ -430,7 +430,7 @@ inline void valid_cols(const Geom &g, int64_t j, int64_t *lo, int64_t *hi) {
   *lo = std::min(*lo, *hi);
 }
 
-// Calls f(row offset in the chunk, input row or nullptr when out of the image, ow0, ow1) for each output
+// Calls f(row offset in the chunk, input row or -1 when out of the image, ow0, ow1) for each output
 // row segment of columns [l0, l0 + n), for kernel row i.
 template <class F>
 inline void segments(const Geom &g, int64_t i, int64_t l0, int64_t n, F f) {
