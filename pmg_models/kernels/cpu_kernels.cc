@@ -410,6 +410,7 @@ struct Geom {
 };
 
 // x: (B, C, H, W), w: (O, C, kh, kw), geom: any values, shape (stride, padding + 1).
+// Column chunks are whole output rows (at least one), about 4 MB of columns.
 Geom geometry(int64_t **shapes) {
   Geom g;
   g.B = shapes[0][0], g.C = shapes[0][1], g.H = shapes[0][2], g.W = shapes[0][3];
@@ -418,8 +419,16 @@ Geom geometry(int64_t **shapes) {
   g.Ho = (g.H + 2 * g.p - g.kh) / g.s + 1, g.Wo = (g.W + 2 * g.p - g.kw) / g.s + 1;
   g.L = g.Ho * g.Wo, g.K = g.C * g.kh * g.kw;
   g.direct = g.kh == 1 && g.kw == 1 && g.s == 1 && g.p == 0;
-  g.chunk = std::min(g.L, std::max<int64_t>(64, (int64_t{1} << 20) / g.K));
+  const int64_t rows = std::max<int64_t>(64, (int64_t{1} << 20) / g.K) / g.Wo;
+  g.chunk = std::clamp<int64_t>(rows, 1, g.Ho) * g.Wo;
   return g;
+}
+
+// Threads for a conv split into `items`: one more per ~16 MFLOP (starting a thread costs about as much as
+// computing 16 MFLOP on small maps; measured on 8x8 to 32x32 maps), at most one per core.
+int threads(const Geom &g, int64_t items) {
+  const int64_t flops = 2 * g.B * g.O * g.K * g.L;
+  return static_cast<int>(std::clamp<int64_t>(std::min<int64_t>(flops >> 24, items), 1, n_threads()));
 }
 
 // Output columns ow in [*lo, *hi) read input column ow*s - p + j inside [0, W).
@@ -430,69 +439,86 @@ inline void valid_cols(const Geom &g, int64_t j, int64_t *lo, int64_t *hi) {
   *lo = std::min(*lo, *hi);
 }
 
-// Calls f(row offset in the chunk, input row or -1 when out of the image, ow0, ow1) for each output
-// row segment of columns [l0, l0 + n), for kernel row i.
+// Calls f(offset in the chunk, offset of input column j - p of the row, whether that row is inside the
+// image, ow lo, ow hi) for every (c, i, j) row of the column matrix of output rows [oh0, oh0 + n / Wo).
+// Callers copy with plain loops, not memcpy calls: on 8x8 maps the calls cost more than the copies.
 template <class F>
-inline void segments(const Geom &g, int64_t i, int64_t l0, int64_t n, F f) {
-  for (int64_t l = l0; l < l0 + n;) {
-    const int64_t oh = l / g.Wo, ow0 = l % g.Wo, ow1 = std::min(g.Wo, ow0 + (l0 + n - l));
-    const int64_t ih = oh * g.s - g.p + i;
-    f(l - l0, ih >= 0 && ih < g.H ? ih : -1, ow0, ow1);
-    l += ow1 - ow0;
-  }
-}
-
-// Columns [l0, l0 + n) of one image's (K, L) column matrix into buf (K, n); zero outside the image.
-void im2col(const Geom &g, const float *x, int64_t l0, int64_t n, float *buf) {
+inline void column_rows(const Geom &g, int64_t oh0, int64_t n, F f) {
   for (int64_t c = 0; c < g.C; ++c) {
     for (int64_t i = 0; i < g.kh; ++i) {
       for (int64_t j = 0; j < g.kw; ++j) {
-        float *row = buf + ((c * g.kh + i) * g.kw + j) * n;
         int64_t lo, hi;
         valid_cols(g, j, &lo, &hi);
-        segments(g, i, l0, n, [&](int64_t off, int64_t ih, int64_t ow0, int64_t ow1) {
-          float *dst = row + off - ow0;  // dst[ow]
-          const int64_t a = std::max(ow0, lo), b = std::max(a, std::min(ow1, hi));
-          if (ih < 0) {
-            std::fill(dst + ow0, dst + ow1, 0.f);
-            return;
-          }
-          const float *src = x + (c * g.H + ih) * g.W - g.p + j;  // src[ow * s]
-          std::fill(dst + ow0, dst + a, 0.f);
-          if (g.s == 1) {
-            std::memcpy(dst + a, src + a, sizeof(float) * (b - a));
-          } else {
-            for (int64_t ow = a; ow < b; ++ow) dst[ow] = src[ow * g.s];
-          }
-          std::fill(dst + b, dst + ow1, 0.f);
-        });
+        const int64_t k = (c * g.kh + i) * g.kw + j;
+        for (int64_t r = 0; r < n / g.Wo; ++r) {
+          const int64_t ih = (oh0 + r) * g.s - g.p + i;
+          const bool in = ih >= 0 && ih < g.H;
+          f(k * n + r * g.Wo, (c * g.H + ih) * g.W - g.p + j, in, lo, hi);
+        }
       }
     }
   }
+}
+
+// With stride 1 and Wo == W, a column-matrix row is the input plane shifted by (i - p, j - p): one
+// contiguous copy per (c, i, j), then zeros for the rows outside the image and the wrapped columns.
+void im2col_same(const Geom &g, const float *x, int64_t oh0, int64_t n, float *buf) {
+  const int64_t R = n / g.Wo, HW = g.H * g.W;
+  for (int64_t c = 0; c < g.C; ++c) {
+    const float *plane = x + c * HW;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t r0 = std::clamp<int64_t>(g.p - i - oh0, 0, R), r1 = std::clamp<int64_t>(g.H + g.p - i - oh0, r0, R);
+      for (int64_t j = 0; j < g.kw; ++j) {
+        float *dst = buf + ((c * g.kh + i) * g.kw + j) * n;
+        const int64_t off = (oh0 + i - g.p) * g.W + j - g.p;  // dst[q] = plane[q + off]
+        const int64_t q0 = std::min(std::max(r0 * g.W, -off), n), q1 = std::max(std::min(r1 * g.W, HW - off), q0);
+        std::fill(dst, dst + q0, 0.f);
+        if (q1 > q0) std::memcpy(dst + q0, plane + q0 + off, sizeof(float) * (q1 - q0));
+        std::fill(dst + q1, dst + n, 0.f);
+        int64_t lo, hi;
+        valid_cols(g, j, &lo, &hi);
+        for (int64_t r = r0; r < r1; ++r) {
+          float *row = dst + r * g.W;
+          for (int64_t ow = 0; ow < lo; ++ow) row[ow] = 0.f;
+          for (int64_t ow = hi; ow < g.W; ++ow) row[ow] = 0.f;
+        }
+      }
+    }
+  }
+}
+
+// Columns [l0, l0 + n) (whole output rows) of one image's (K, L) column matrix into buf (K, n).
+void im2col(const Geom &g, const float *x, int64_t l0, int64_t n, float *buf) {
+  if (g.s == 1 && g.Wo == g.W) return im2col_same(g, x, l0 / g.Wo, n, buf);
+  column_rows(g, l0 / g.Wo, n, [&](int64_t at, int64_t from, bool in, int64_t lo, int64_t hi) {
+    float *dst = buf + at;
+    if (!in) {
+      for (int64_t ow = 0; ow < g.Wo; ++ow) dst[ow] = 0.f;
+      return;
+    }
+    const float *src = x + from;  // src[ow * s]
+    for (int64_t ow = 0; ow < lo; ++ow) dst[ow] = 0.f;
+    if (g.s == 1) {
+      for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow];
+    } else {
+      for (int64_t ow = lo; ow < hi; ++ow) dst[ow] = src[ow * g.s];
+    }
+    for (int64_t ow = hi; ow < g.Wo; ++ow) dst[ow] = 0.f;
+  });
 }
 
 // The adjoint of im2col: adds buf (K, n) into the image gradient dx (C, H, W).
 void col2im(const Geom &g, const float *buf, int64_t l0, int64_t n, float *dx) {
-  for (int64_t c = 0; c < g.C; ++c) {
-    for (int64_t i = 0; i < g.kh; ++i) {
-      for (int64_t j = 0; j < g.kw; ++j) {
-        const float *row = buf + ((c * g.kh + i) * g.kw + j) * n;
-        int64_t lo, hi;
-        valid_cols(g, j, &lo, &hi);
-        segments(g, i, l0, n, [&](int64_t off, int64_t ih, int64_t ow0, int64_t ow1) {
-          if (ih < 0) return;
-          const float *src = row + off - ow0;
-          float *dst = dx + (c * g.H + ih) * g.W - g.p + j;
-          const int64_t a = std::max(ow0, lo), b = std::max(a, std::min(ow1, hi));
-          if (g.s == 1) {
-            for (int64_t ow = a; ow < b; ++ow) dst[ow] += src[ow];
-          } else {
-            for (int64_t ow = a; ow < b; ++ow) dst[ow * g.s] += src[ow];
-          }
-        });
-      }
+  column_rows(g, l0 / g.Wo, n, [&](int64_t at, int64_t from, bool in, int64_t lo, int64_t hi) {
+    if (!in) return;
+    const float *src = buf + at;
+    float *dst = dx + from;
+    if (g.s == 1) {
+      for (int64_t ow = lo; ow < hi; ++ow) dst[ow] += src[ow];
+    } else {
+      for (int64_t ow = lo; ow < hi; ++ow) dst[ow * g.s] += src[ow];
     }
-  }
+  });
 }
 
 // x, w, bias: (O), geom -> y: (B, O, Ho, Wo).
@@ -505,7 +531,7 @@ int conv2d(int nparam, void **params, int *ndims, int64_t **shapes) {
   const Geom g = geometry(shapes);
   float *y = static_cast<float *>(params[4]);
   const int64_t chunks = (g.L + g.chunk - 1) / g.chunk, items = g.B * chunks;
-  const int T = static_cast<int>(std::min<int64_t>(n_threads(), items));
+  const int T = threads(g, items);
   run_threads(T, [&](int t) {
     std::vector<float> buf(g.direct ? 0 : g.K * g.chunk);
     for (int64_t item = t; item < items; item += T) {
@@ -539,7 +565,7 @@ int conv2d_grad(int nparam, void **params, int *ndims, int64_t **shapes) {
   float *dx = static_cast<float *>(params[5]);
   float *dw = static_cast<float *>(params[6]);
   float *db = static_cast<float *>(params[7]);
-  const int T = static_cast<int>(std::min<int64_t>(n_threads(), g.B));
+  const int T = threads(g, g.B);
   std::vector<std::vector<float>> dws(T), dbs(T);
   run_threads(T, [&](int t) {
     std::vector<float> &dwt = dws[t], &dbt = dbs[t];

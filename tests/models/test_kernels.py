@@ -176,11 +176,13 @@ def test_softmax(path, compiled):
     _check(_grads(sm, x, dout, compiled), _torch_grads(lambda x: torch.softmax(x, -1), x, dout, []), 1e-6)
 
 
-# (batch, in, out, size, kernel, stride, padding, bias): the UNet/VAE 3x3 convs, stride-2 downsampling
-# with and without padding, the 1x1 shortcut (no im2col), CLIP's patch embedding, and channels x 9 above
-# the kernel's column-chunk budget (2 chunks per image).
-CONVS = [(3, 5, 7, 9, 3, 1, 1, True), (2, 4, 6, 8, 3, 2, 1, True), (2, 4, 6, 9, 3, 2, 0, True),
-         (3, 8, 5, 6, 1, 1, 0, True), (1, 3, 16, 28, 14, 14, 0, False), (2, 300, 9, 20, 3, 1, 1, True)]
+# (batch, in, out, size, kernel, stride, padding, bias): the UNet/VAE 3x3 convs, a 5x5 'same' conv (both
+# take the shifted-plane im2col), a 3x3 'valid' one, stride-2 downsampling with and without padding, the
+# 1x1 shortcut (no im2col), CLIP's patch embedding, and channels x 9 above the kernel's column-chunk budget
+# (2 chunks per image, the second starting at an inner row).
+CONVS = [(3, 5, 7, 9, 3, 1, 1, True), (2, 3, 4, 7, 5, 1, 2, True), (2, 3, 4, 7, 3, 1, 0, True),
+         (2, 4, 6, 8, 3, 2, 1, True), (2, 4, 6, 9, 3, 2, 0, True), (3, 8, 5, 6, 1, 1, 0, True),
+         (1, 3, 16, 28, 14, 14, 0, False), (2, 300, 9, 20, 3, 1, 1, True)]
 
 
 @pytest.mark.parametrize("case", CONVS, ids=lambda c: "b{}c{}o{}h{}k{}s{}p{}{}".format(*c[:7], "" if c[7] else "-nobias"))
