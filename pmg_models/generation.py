@@ -59,13 +59,13 @@ class _Prefill(ms.nn.Cell):
         super().__init__(auto_prefix=False)
         self.runner = runner
 
-    def construct(self, input_ids, position_ids, mask, index):
-        return self.runner.prefill(input_ids, position_ids, mask, index)
+    def construct(self, input_ids, position_ids, mask, slots):
+        return self.runner.prefill(input_ids, position_ids, mask, slots)
 
 
 class _Decode(_Prefill):
-    def construct(self, input_ids, position_ids, mask, index):
-        return self.runner.decode(input_ids, position_ids, mask, index)
+    def construct(self, input_ids, position_ids, mask, slots):
+        return self.runner.decode(input_ids, position_ids, mask, slots)
 
 
 class LlamaLM:
@@ -226,17 +226,14 @@ class LlamaLM:
         pos = np.clip(np.cumsum(real[:, :t], 1) - 1, 0, None).astype(np.int32)
         allowed = np.tril(np.ones((t, t), bool))[None] & (real[:, None, :t] > 0)
         mask = np.where(allowed, 0.0, llama.neg_inf(runtime.compute_dtype())).astype(np.float32)
-        index = _cache_index(b, self.config.num_key_value_heads, np.arange(t))
-        out = step(runtime.to_tensor(tokens), runtime.to_tensor(pos),
-                            runtime.to_tensor(mask[:, None, None]), runtime.to_tensor(index))
+        out = step(runtime.to_tensor(tokens), runtime.to_tensor(pos), runtime.to_tensor(mask[:, None, None]),
+                   runtime.to_tensor(np.arange(t, dtype=np.int32)))
         return runtime.to_numpy(out)
 
     def _run_decode(self, step, feed: np.ndarray, pos: np.ndarray, real: np.ndarray, slot: int) -> np.ndarray:
-        b = feed.shape[0]
         mask = np.where(real > 0, 0.0, llama.neg_inf(runtime.compute_dtype())).astype(np.float32)
-        index = _cache_index(b, self.config.num_key_value_heads, np.array([slot]))
         out = step(runtime.to_tensor(feed[:, None]), runtime.to_tensor(pos[:, None]),
-                           runtime.to_tensor(mask[:, None, None, None]), runtime.to_tensor(index))
+                   runtime.to_tensor(mask[:, None, None, None]), runtime.to_tensor(np.array([slot], np.int32)))
         return runtime.to_numpy(out)
 
     def _hit_stop(self, generated: list[int], stop: Sequence[str]) -> bool:
@@ -297,12 +294,6 @@ def _left_pad(rows: list[list[int]], t: int, pad: int, length: int) -> tuple[np.
         tokens[r, t - len(ids):] = ids
         real[r, t - len(ids):t] = 1
     return tokens, real
-
-
-def _cache_index(b: int, h: int, slots: np.ndarray) -> np.ndarray:
-    """ScatterNd indices (B,H,len(slots),3) addressing cache[b, h, slot]."""
-    grid = np.stack(np.meshgrid(np.arange(b), np.arange(h), slots, indexing="ij"), -1)
-    return grid.astype(np.int32)
 
 
 def soft_token_onehot(positions: np.ndarray, length: int) -> np.ndarray:

@@ -259,21 +259,82 @@ def _unary_bprop(grad):
     return bprop
 
 
+class CacheAttention(nn.Cell):
+    """One decode step's attention over a static, slot-major KV cache: q (B, Hkv, R, D) (R query heads per
+    kv head), k/v cache (S, B, Hkv, D), additive mask (B, S) → (B, Hkv, R, D), scale 1/√D.
+
+    On CPU the native kernel reads only the slots the mask opens (the batched matmuls of the classic
+    form read the whole cache, so a step cost more the larger the cache); `available` says which form runs.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _kernel("CacheAttention", _same_shape)
+        self.available = self.kernel is not None
+        self.bmm_t = ops.BatchMatMul(transpose_b=True)
+        self.bmm = ops.BatchMatMul()
+
+    def construct(self, q, k, v, mask):
+        if self.kernel is not None:
+            return self.kernel(q, k, v, mask)
+        b, g, r, d = q.shape
+        k, v = k.transpose(1, 2, 0, 3), v.transpose(1, 2, 0, 3)
+        scores = self.bmm_t(q, k) * (d ** -0.5) + mask.reshape(b, 1, 1, -1)
+        return self.bmm(ops.softmax(scores, -1), v)
+
+
+class MatMulT(nn.Cell):
+    """x (M, I) · wᵀ for w (O, I), plus an optional bias (O).
+
+    For 2 to `FEW_ROWS` rows (batched decode steps) the native kernel reads each weight row once and dots
+    it with every row of x: BLAS packs w on each call, which costs more than the product itself at a few
+    rows (oneDNN's one-row path is as fast, so one row stays with it). Its sums do not depend on M, so a
+    row's result is the same in any such batch. The choice is made at trace time from the static shape;
+    gradients are the usual two matmuls.
+    """
+
+    FEW_ROWS = 32
+
+    def __init__(self):
+        super().__init__()
+        self.matmul = ops.MatMul(transpose_b=True)
+        self.rows = _kernel("LinearRows", _rows_shape, bprop=_rows_bprop)
+        self.rows_bias = _kernel("LinearRowsBias", _rows_shape, bprop=_rows_bias_bprop)
+
+    def construct(self, x, w, bias=None):
+        if self.rows is not None and 1 < x.shape[0] <= self.FEW_ROWS:
+            return self.rows(x, w) if bias is None else self.rows_bias(x, w, bias)
+        y = self.matmul(x, w)
+        return y if bias is None else y + bias
+
+
+def _rows_shape(x, w, *_):
+    return x[0], w[0]
+
+
+def _rows_bprop(x, w, out, dout):
+    return ops.matmul(dout, w), ops.matmul(dout.T, x)
+
+
+def _rows_bias_bprop(x, w, bias, out, dout):
+    return ops.matmul(dout, w), ops.matmul(dout.T, x), dout.sum(0)
+
+
 class Linear(nn.Dense):
     """A torch-style dense layer (`weight` (out, in), `bias`) on inputs of any rank.
 
     The bias is added by broadcasting: the gradient of nn.Dense's BiasAdd sums a (8192, 512)
     input column by column in 27 ms here, against 5 ms for the broadcast add's row reduction.
+    `weight_init="zeros"` skips the random init where a checkpoint always follows (seconds at 170M).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
-        super().__init__(in_features, out_features, has_bias=bias)
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, weight_init=None):
+        super().__init__(in_features, out_features, has_bias=bias, weight_init=weight_init)
+        self.matmul_t = MatMulT()
 
     def construct(self, x):
         shape = x.shape
-        y = self.matmul(x.reshape(-1, shape[-1]), self.weight)
-        if self.has_bias:
-            y = y + self.bias
+        y = self.matmul_t(x.reshape(-1, shape[-1]), self.weight, self.bias if self.has_bias else None)
         return y.reshape(shape[:-1] + (y.shape[-1],))
 
 

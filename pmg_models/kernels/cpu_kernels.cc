@@ -5,15 +5,20 @@
 // Its nearest-neighbour resize took 2-3 ms for a (2, 64, 32, 32) input, 35x torch's.
 // Single-threaded on purpose: an OpenMP team spinning between calls took the cores from MindSpore's own
 // thread pool (the small UNet step went from 160 to 560 ms), and these passes are memory-bound anyway.
-// The convolutions (compute-bound) are the exception: threads that live for one call, no spinning.
+// The convolutions, the few-row matmul and the decode attention are the exception: they split their
+// work over a small pool whose threads sleep between calls (no spinning).
 // Signature (MindSpore aot): int f(nparam, params, ndims, shapes, dtypes, stream, extra); inputs first.
 #include <dlfcn.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -395,13 +400,75 @@ int n_threads() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-// fn(t) for t in [0, n): t = 0 on the calling thread.
+// Workers that sleep on a condition variable between jobs (no spinning: spinning threads took the cores
+// from MindSpore's own pool). One job at a time; a caller that finds the pool busy (MindSpore may run
+// two kernels at once) runs every part itself. Parts are fixed by index, so results never depend on
+// which thread ran them. A forked child gets a pool of its own.
+class Pool {
+ public:
+  static Pool &get() {
+    static Pool *pool = nullptr;
+    static std::mutex m;
+    std::lock_guard<std::mutex> lock(m);
+    if (pool == nullptr || pool->pid_ != getpid()) pool = new Pool(n_threads() - 1);  // a parent's pool leaks
+    return *pool;
+  }
+
+  // fn(t) for t in [0, n): t = 0 on the calling thread.
+  void run(int n, const std::function<void(int)> &fn) {
+    std::unique_lock<std::mutex> job(busy_, std::try_to_lock);
+    if (!job.owns_lock() || n <= 1 || workers_ == 0) {
+      for (int t = 0; t < n; ++t) fn(t);
+      return;
+    }
+    const int helpers = std::min(n - 1, workers_);
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      fn_ = &fn, parts_ = n, next_ = 1, slots_ = pending_ = helpers, ++generation_;
+    }
+    wake_.notify_all();
+    fn(0);
+    for (int t; (t = claim()) < n;) fn(t);  // parts no helper has taken yet
+    std::unique_lock<std::mutex> lock(m_);
+    done_.wait(lock, [&] { return pending_ == 0; });
+  }
+
+ private:
+  explicit Pool(int workers) : workers_(std::max(0, workers)), pid_(getpid()) {
+    for (int i = 0; i < workers_; ++i) std::thread([this] { loop(); }).detach();
+  }
+
+  int claim() {
+    std::lock_guard<std::mutex> lock(m_);
+    return next_ < parts_ ? next_++ : parts_;
+  }
+
+  void loop() {
+    int64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(m_);
+        wake_.wait(lock, [&] { return generation_ != seen && slots_ > 0; });
+        seen = generation_, --slots_;
+      }
+      for (int t; (t = claim()) < parts_;) (*fn_)(t);
+      std::lock_guard<std::mutex> lock(m_);
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  std::mutex busy_, m_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int)> *fn_ = nullptr;
+  int parts_ = 0, next_ = 0, slots_ = 0, pending_ = 0;  // slots: helpers still to join this job
+  int64_t generation_ = 0;
+  const int workers_;
+  const pid_t pid_;
+};
+
 template <class F>
 void run_threads(int n, F fn) {
-  std::vector<std::thread> pool;
-  for (int t = 1; t < n; ++t) pool.emplace_back(fn, t);
-  fn(0);
-  for (auto &th : pool) th.join();
+  Pool::get().run(n, std::function<void(int)>(fn));
 }
 
 struct Geom {
@@ -605,9 +672,180 @@ int conv2d_grad(int nparam, void **params, int *ndims, int64_t **shapes) {
   return 0;
 }
 
+// --- y = x W^T + b for few rows of x (decode steps): every weight row is read once, from memory, and
+// dotted with all rows of x, which sit in L1. BLAS sgemm packs W for each call, which costs more than
+// the product when x has a few rows (oneDNN and PyTorch got 6-12 GB/s of this machine's 26 here).
+// Every y[r, o] is one vector accumulator over i, then a fixed pairwise reduction: the same sum in the
+// same order whatever the tile, the number of rows or of threads. That needs IEEE-exact arithmetic
+// (no reassociation), hence no fast-math in this part.
+#pragma GCC push_options
+#pragma GCC optimize("no-fast-math")
+
+#ifdef __AVX512F__
+constexpr int kLanes = 16, kTileW = 4;  // 4 x 4 accumulators + 4 weight vectors of 32 registers
+#else
+constexpr int kLanes = 8, kTileW = 2;  // 4 x 2 + 2 of 16
+#endif
+typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+inline vec load(const float *p) {
+  vec v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+inline float reduce(vec v) {
+  float a[kLanes];
+  std::memcpy(a, &v, sizeof(v));
+  for (int n = kLanes / 2; n > 0; n /= 2) {
+    for (int i = 0; i < n; ++i) a[i] += a[i + n];
+  }
+  return a[0];
+}
+
+// out[r][o] = x_r . w_o for TX rows of xs (row stride ld >= I rounded up to kLanes, zero-padded) and
+// kTileW weight rows w[o] (their last I % kLanes columns go through a zero-padded copy). The tail step
+// is outside the loop so the accumulators stay in registers.
+template <int TX, int PF = 1024>
+void linear_tile(const float *xs, int64_t ld, const float *const *w, int64_t I, float out[4][kTileW]) {
+  vec acc[TX][kTileW] = {};
+  const auto step = [&](const vec *wv, int64_t i) __attribute__((always_inline)) {
+    for (int r = 0; r < TX; ++r) {
+      const vec xv = load(xs + r * ld + i);
+      for (int o = 0; o < kTileW; ++o) acc[r][o] += xv * wv[o];
+    }
+  };
+  const int64_t body = I / kLanes * kLanes;
+  for (int64_t i = 0; i < body; i += kLanes) {
+    vec wv[kTileW];
+    for (int o = 0; o < kTileW; ++o) {
+      __builtin_prefetch(w[o] + i + PF);
+      wv[o] = load(w[o] + i);
+    }
+    step(wv, i);
+  }
+  vec wv[kTileW];
+  for (int o = 0; o < kTileW; ++o) {
+    float t[kLanes] = {};
+    std::memcpy(t, w[o] + body, sizeof(float) * (I - body));
+    wv[o] = load(t);
+  }
+  step(wv, body);
+  for (int r = 0; r < TX; ++r) {
+    for (int o = 0; o < kTileW; ++o) out[r][o] = reduce(acc[r][o]);
+  }
+}
+
+// x: (M, I), w: (O, I)[, bias: (O)] -> y: (M, O).
+int linear_rows(int nparam, void **params, int *ndims, int64_t **shapes) {
+  if ((nparam != 3 && nparam != 4) || ndims[0] != 2 || ndims[1] != 2) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  const float *b = nparam == 4 ? static_cast<const float *>(params[2]) : nullptr;
+  float *y = static_cast<float *>(params[nparam - 1]);
+  const int64_t M = shapes[0][0], I = shapes[0][1], O = shapes[1][0];
+  const int64_t ld = (I / kLanes + 1) * kLanes;
+  std::vector<float> xs(M * ld, 0.f);  // x with zero-padded rows
+  for (int64_t r = 0; r < M; ++r) std::memcpy(xs.data() + r * ld, x + r * I, sizeof(float) * I);
+  const int64_t tiles = (O + kTileW - 1) / kTileW;
+  // A second thread pays off from ~1 MB of weights (its start costs ~20-40 us).
+  const int T = static_cast<int>(std::clamp<int64_t>(O * I >> 18, 1, std::min<int64_t>(n_threads(), tiles)));
+  run_threads(T, [&](int t) {
+    float out[4][kTileW];
+    const float *rows[kTileW];
+    for (int64_t tile = tiles * t / T; tile < tiles * (t + 1) / T; ++tile) {
+      const int64_t o0 = tile * kTileW, n = std::min<int64_t>(kTileW, O - o0);
+      for (int o = 0; o < kTileW; ++o) rows[o] = w + std::min(o0 + o, O - 1) * I;  // repeats: ignored
+      for (int64_t r0 = 0; r0 < M; r0 += 4) {
+        const float *xr = xs.data() + r0 * ld;
+        switch (std::min<int64_t>(4, M - r0)) {
+          case 1: linear_tile<1>(xr, ld, rows, I, out); break;
+          case 2: linear_tile<2>(xr, ld, rows, I, out); break;
+          case 3: linear_tile<3>(xr, ld, rows, I, out); break;
+          default: linear_tile<4>(xr, ld, rows, I, out);
+        }
+        for (int64_t r = r0; r < std::min(M, r0 + 4); ++r) {
+          for (int64_t o = 0; o < n; ++o) y[r * O + o0 + o] = out[r - r0][o] + (b ? b[o0 + o] : 0.f);
+        }
+      }
+    }
+  });
+  return 0;
+}
+
+#pragma GCC pop_options
+
+// --- One decode step's attention over a static, slot-major KV cache. Batched matmuls read every slot
+// of the cache, so a step's cost grew with the cache's capacity; this reads only the slots the mask
+// lets through, once, for all query heads of a kv head. A slot whose additive mask is <= -1e8 (the masks use -1e9) would get exp(...) == 0
+// exactly, so skipping it changes nothing; a row with no open slot attends to all, like the softmax.
+// q: (B, G, R, D) (R query heads per kv head), k, v: (S, B, G, D), mask: (B, S) -> y: (B, G, R, D).
+int cache_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
+  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 2) return 1;
+  const float *q = static_cast<const float *>(params[0]);
+  const float *k = static_cast<const float *>(params[1]);
+  const float *v = static_cast<const float *>(params[2]);
+  const float *mask = static_cast<const float *>(params[3]);
+  float *y = static_cast<float *>(params[4]);
+  const int64_t B = shapes[0][0], G = shapes[0][1], R = shapes[0][2], D = shapes[0][3], S = shapes[1][0];
+  const int64_t stride = B * G * D;  // from one slot to the next
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  const int64_t items = B * G;
+  const int T = static_cast<int>(std::clamp<int64_t>(items * S * D >> 16, 1, std::min<int64_t>(n_threads(), items)));
+  run_threads(T, [&](int t) {
+    std::vector<int64_t> open;
+    std::vector<float> p;
+    for (int64_t item = items * t / T; item < items * (t + 1) / T; ++item) {
+      const int64_t b = item / G;
+      const float *mb = mask + b * S;
+      open.clear();
+      for (int64_t s = 0; s < S; ++s) {
+        if (mb[s] > -1e8f) open.push_back(s);
+      }
+      if (open.empty()) {
+        for (int64_t s = 0; s < S; ++s) open.push_back(s);
+      }
+      const int64_t n = static_cast<int64_t>(open.size());
+      p.resize(R * n);
+      const float *kb = k + item * D, *vb = v + item * D;
+      for (int64_t r = 0; r < R; ++r) {
+        const float *qr = q + (item * R + r) * D;
+        float *pr = p.data() + r * n, top = -INFINITY;
+        for (int64_t j = 0; j < n; ++j) {
+          const float *ks = kb + open[j] * stride;
+          float dot = 0.f;
+          for (int64_t d = 0; d < D; ++d) dot += qr[d] * ks[d];
+          pr[j] = dot * scale + mb[open[j]];
+          top = std::max(top, pr[j]);
+        }
+        float sum = 0.f;
+        for (int64_t j = 0; j < n; ++j) sum += (pr[j] = std::exp(pr[j] - top));
+        const float inv = 1.f / sum;
+        float *yr = y + (item * R + r) * D;
+        std::fill(yr, yr + D, 0.f);
+        for (int64_t j = 0; j < n; ++j) {
+          const float w = pr[j] * inv, *vs = vb + open[j] * stride;
+          for (int64_t d = 0; d < D; ++d) yr[d] += w * vs[d];
+        }
+      }
+    }
+  });
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
+int CacheAttention(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
+  return cache_attention(np, p, nd, s);
+}
+int LinearRows(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
+  return linear_rows(np, p, nd, s);
+}
+// The same with a bias: a second name, because MindSpore keeps one bprop per Custom op name.
+int LinearRowsBias(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
+  return linear_rows(np, p, nd, s);
+}
 int Conv2d(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) { return conv2d(np, p, nd, s); }
 int Conv2dGrad(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
   return conv2d_grad(np, p, nd, s);

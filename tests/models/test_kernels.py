@@ -280,3 +280,112 @@ def test_disabled_by_environment(monkeypatch):
         assert ops.LayerNorm(8).kernel is None
     finally:
         kernels.library.cache_clear()
+
+
+# (rows, in, out, bias): one row (oneDNN's path), the native few-row kernel with weight-row and column
+# tails (in % 16 != 0, out % 4 != 0), 32 rows, and 33 (MatMul again).
+ROWS = [(1, 40, 7, True), (3, 17, 9, True), (8, 64, 130, False), (32, 100, 5, True), (33, 20, 7, False)]
+
+
+@pytest.mark.parametrize("case", ROWS, ids=lambda c: "m{}i{}o{}{}".format(*c[:3], "" if c[3] else "-nobias"))
+def test_matmul_t_few_rows(case):
+    m, i, o, bias = case
+    mm = ops.MatMulT()
+    assert mm.rows is not None and (1 < m <= mm.FEW_ROWS) == (m not in (1, 33))
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((m, i), (o, i), (o,)))
+    args = [runtime.to_tensor(a) for a in ((x, w, b) if bias else (x, w))]
+    want = x.astype(np.float64) @ w.T.astype(np.float64) + (b if bias else 0)
+    np.testing.assert_allclose(mm(*args).asnumpy(), want, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(ms.jit(mm)(*args).asnumpy(), want, atol=1e-5 * np.abs(want).max())
+
+
+def test_matmul_t_few_rows_is_batch_independent():
+    """A row's product is the same sum in the same order with 2, 5 or 32 rows."""
+    mm = ops.MatMulT()
+    x, w = rng.standard_normal((32, 300)).astype(np.float32), rng.standard_normal((70, 300)).astype(np.float32)
+    full = mm(runtime.to_tensor(x), runtime.to_tensor(w)).asnumpy()
+    for lo, hi in [(3, 5), (10, 15), (0, 32)]:
+        part = mm(runtime.to_tensor(x[lo:hi]), runtime.to_tensor(w)).asnumpy()
+        assert np.array_equal(part, full[lo:hi])
+
+
+@pytest.mark.parametrize("rows", [4, 40])
+def test_linear_gradients_few_rows(rows):
+    """Training differentiates Linear at few rows too (timestep embeddings): the bprop's matmuls."""
+    x = rng.standard_normal((rows, 24)).astype(np.float32)
+    dout = rng.standard_normal((rows, 10)).astype(np.float32)
+    w, b = rng.standard_normal((10, 24)).astype(np.float32), rng.standard_normal(10).astype(np.float32)
+    lin = ops.Linear(24, 10)
+    lin.weight.set_data(runtime.to_tensor(w))
+    lin.bias.set_data(runtime.to_tensor(b))
+    ref = lambda x, *p: torch.nn.functional.linear(x, *p)  # noqa: E731
+    for compiled in (False, True):
+        _check(_grads(lin, x, dout, compiled), _torch_grads(ref, x, dout, [w, b]), 1e-5)
+
+
+def _cache_case(b=3, g=2, r=4, s=24, d=16):
+    q = rng.standard_normal((b, g, r, d)).astype(np.float32)
+    k, v = (rng.standard_normal((s, b, g, d)).astype(np.float32) for _ in range(2))
+    mask = np.full((b, s), -1e9, np.float32)
+    mask[0, :s] = 0  # every slot open
+    mask[1, 5:11] = 0  # left padding and free slots after
+    mask[2, [2, 3, 9]] = 0
+    return q, k, v, mask
+
+
+def test_cache_attention_matches_the_classic_form():
+    q, k, v, mask = _cache_case()
+    native, classic = ops.CacheAttention(), ops.CacheAttention()
+    classic.kernel = None
+    assert native.available
+    args = [runtime.to_tensor(a) for a in (q, k, v, mask)]
+    want = classic(*args).asnumpy()
+    np.testing.assert_allclose(native(*args).asnumpy(), want, atol=1e-5)
+    np.testing.assert_allclose(ms.jit(native)(*args).asnumpy(), want, atol=1e-5)
+
+
+def test_cache_attention_reads_only_open_slots_and_rows_are_independent():
+    q, k, v, mask = _cache_case()
+    att = ops.CacheAttention()
+    out = att(*(runtime.to_tensor(a) for a in (q, k, v, mask))).asnumpy()
+    closed = mask[None, :, :, None].transpose(2, 1, 0, 3) < 0  # (S, B, 1, 1)
+    k2, v2 = np.where(closed, 1e6, k), np.where(closed, np.nan, v)  # what sits in closed slots never counts
+    assert np.array_equal(att(*(runtime.to_tensor(a) for a in (q, k2, v2, mask))).asnumpy(), out)
+    one = att(*(runtime.to_tensor(a) for a in (q[1:2], k[:, 1:2], v[:, 1:2], mask[1:2]))).asnumpy()
+    assert np.array_equal(one, out[1:2])
+
+
+def test_kernel_threads_survive_fork(tmp_path):
+    """The worker pool belongs to one process: a forked child (Dask, multiprocessing) gets its own."""
+    script = tmp_path / "fork.py"
+    script.write_text(
+        "import os, numpy as np\n"
+        "from pmg_models import ops, runtime\n"
+        "conv = ops.Conv2d(64, 64, 3, padding=1)\n"
+        "x = runtime.to_tensor(np.ones((2, 64, 32, 32), np.float32))\n"
+        "want = conv(x).asnumpy()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if np.array_equal(conv(x).asnumpy(), want) else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "raise SystemExit(os.waitstatus_to_exitcode(status))\n")
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, str(script)], timeout=120, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_few_row_linears_with_and_without_bias_in_one_compiled_gradient():
+    """MindSpore keeps one bprop per Custom op name: the two arities need two kernel names."""
+    class Two(ms.nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = ops.Linear(6, 5), ops.Linear(5, 3, bias=False)
+
+        def construct(self, x):
+            return self.b(self.a(x)).sum()
+
+    net = Two()
+    loss, (dx, grads) = ms.jit(ms.value_and_grad(net, 0, net.trainable_params()))(
+        runtime.to_tensor(rng.standard_normal((4, 6)).astype(np.float32)))
+    assert dx.shape == (4, 6) and [tuple(g.shape) for g in grads] == [(5, 6), (5,), (3, 5)]
