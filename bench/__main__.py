@@ -9,6 +9,7 @@ SCRIPTS = (
     ["bench.machine"],
     ["bench.bench_ingest", "--scale", "small"],
     ["bench.bench_llama", "--sizes", "tiny,170m", "--batches", "1,8,32"],
+    ["bench.bench_linear"],
     ["bench.bench_sd"],
     ["bench.bench_clip"],
     ["bench.bench_train"],

@@ -185,6 +185,27 @@ def run(size: str, batches: list[int], prompt_len: int, new_tokens: int, root: P
     return rows
 
 
+def cache_scaling(size: str, batches: list[int], lengths: list[int], root: Path) -> list[str]:
+    """Ours only: one compiled decode step at 100 filled slots for caches of each capacity. The step
+    should cost the same whatever the capacity (transformers' cache has none: it grows per token)."""
+    from pmg_models import llama
+
+    lm = llama.load(make_checkpoint(size, root))
+    rows = [f"| model | batch | " + " | ".join(f"{n} slots ms" for n in lengths) + " |",
+            "|---|---|" + "---|" * len(lengths)]
+    for b in batches:
+        cells = []
+        for length in lengths:
+            _, _, decode = lm.runner(b, length)
+            real = np.zeros((b, length), np.int32)
+            real[:, :100] = 1
+            feed, pos = np.full(b, 5, np.int32), np.full(b, 100, np.int32)
+            lm._run_decode(decode, feed, pos, real, 100)
+            cells.append(min(_timed(lambda: lm._run_decode(decode, feed, pos, real, 100)) for _ in range(10)))
+        rows.append(f"| {size} | {b} | " + " | ".join(f"{1e3 * c:.1f}" for c in cells) + " |")
+    return rows
+
+
 HEADER = ("| model | batch | prefill tok/s ours | prefill tok/s torch | prefill speedup | "
           "prefill % of peak GEMM ours / torch | decode tok/s ours | "
           "decode tok/s torch | decode speedup | decode step ms / bandwidth floor ms | compile s | "
@@ -198,11 +219,18 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--append", type=Path, help="append the Markdown table to this file")
+    p.add_argument("--cache-lengths", help="instead: ours' decode step ms for these KV-cache capacities, e.g. 128,256,512")
     p.add_argument("--load-rss", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     os.environ.setdefault("PMG_JIT", "1")
     if args.load_rss:
         print(json.dumps(load_rss(args.load_rss)))
+        return 0
+    if args.cache_lengths:
+        with tempfile.TemporaryDirectory() as tmp:
+            for size in args.sizes.split(","):
+                print("\n".join(cache_scaling(size, [int(b) for b in args.batches.split(",")],
+                                               [int(n) for n in args.cache_lengths.split(",")], Path(tmp))))
         return 0
     bw, peak = bandwidth_gbs(), peak_gflops()
     lines = [f"\n### Llama: pmg_models vs transformers ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
