@@ -23,8 +23,7 @@ from mindspore import nn, ops, Parameter, Tensor
 from mindspore.common.initializer import initializer
 
 from pmg_models import checkpoint, runtime
-from pmg_models import ops as P
-from pmg_models.ops import RMSNorm, Softmax, SwiGLU, neg_inf
+from pmg_models.ops import CacheAttention, Linear as Dense, MatMulT, RMSNorm, Softmax, SwiGLU, neg_inf
 
 
 @dataclass(frozen=True)
@@ -106,9 +105,9 @@ def _check_supported(d: dict) -> None:
 
 # ----------------------------------------------------------------------------- modules
 
-def Linear(in_features: int, out_features: int, bias: bool = False) -> P.Linear:
+def Linear(in_features: int, out_features: int, bias: bool = False) -> Dense:
     """Bias-free dense layer, zero-initialised: weights always come from a checkpoint."""
-    return P.Linear(in_features, out_features, bias, weight_init="zeros")
+    return Dense(in_features, out_features, bias, weight_init="zeros")
 
 
 class Embedding(nn.Cell):
@@ -152,7 +151,7 @@ class LlamaAttention(nn.Cell):
         self.bmm = ops.BatchMatMul()
         self.scatter = ops.ScatterUpdate()
         self.softmax = Softmax()
-        self.cache_attention = P.CacheAttention()
+        self.cache_attention = CacheAttention()
 
     def _q(self, x, cos, sin):
         b, t = x.shape[0], x.shape[1]
@@ -309,7 +308,7 @@ class LlamaForCausalLM(nn.Cell):
         self.tied = cfg.tie_word_embeddings
         if not self.tied:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.matmul_t = P.MatMulT()
+        self.matmul_t = MatMulT()
 
     def logits(self, hidden):
         """(..., C) → (..., V)."""

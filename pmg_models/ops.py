@@ -288,7 +288,7 @@ class MatMulT(nn.Cell):
 
     For 2 to `FEW_ROWS` rows (batched decode steps) the native kernel reads each weight row once and dots
     it with every row of x: BLAS packs w on each call, which costs more than the product itself at a few
-    rows (oneDNN's one-row path is as fast, so one row stays with it). Its sums do not depend on M, so a
+    rows (oneDNN's one-row path is faster, so one row stays with it). Its sums do not depend on M, so a
     row's result is the same in any such batch. The choice is made at trace time from the static shape;
     gradients are the usual two matmuls.
     """
