@@ -259,6 +259,70 @@ def _unary_bprop(grad):
     return bprop
 
 
+MAX_SCORES = 1 << 26   # score elements per slice of the classic attention (256 MB in fp32)
+
+
+class MultiHeadAttention(nn.Cell):
+    """softmax(q kᵀ/√d) v for each of `heads` heads, no mask: q (B, Tq, heads·d), k/v (B, Tk, heads·d)
+    → (B, Tq, heads·d), the layout the projections produce and consume.
+
+    On CPU the native kernel reads each head in place and keeps a block of queries' scores in cache
+    between the two products (the classic form transposed heads out and back and wrote the scores to
+    memory twice); gradients are classic ops. The classic form takes queries in slices of at most
+    MAX_SCORES scores: at 768 px (96×96 latents, T = 9216) one unsliced self-attention would hold 3.4 GB
+    of scores per batch of 2.
+    """
+
+    def __init__(self, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.kernel = _kernel("Attention", _same_shape, bprop=_attention_bprop)
+        self.shape = ms.Tensor(np.zeros(heads, np.float32))  # the kernel reads the head count from its shape
+        self.softmax = Softmax()
+
+    def construct(self, q, k, v):
+        if self.kernel is not None:
+            return self.kernel(q, k, v, self.shape)
+        b, t, c = q.shape
+        d = c // self.heads
+        q, k, v = (_heads(x, self.heads) for x in (q * d ** -0.5, k, v))
+        slices = -(-b * self.heads * t * k.shape[2] // MAX_SCORES)
+        if slices <= 1:
+            out = _attend(q, k, v, self.softmax)
+        else:
+            step = -(-t // slices)
+            out = ops.cat([_attend(q[:, :, i:i + step], k, v, self.softmax) for i in range(0, t, step)], 2)
+        return _merge(out)
+
+
+def _heads(x, heads):
+    b, t, c = x.shape
+    return x.reshape(b, t, heads, c // heads).transpose(0, 2, 1, 3)  # (B, H, T, d)
+
+
+def _merge(x):
+    b, h, t, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, t, h * d)
+
+
+def _attend(q, k, v, softmax):
+    return ops.matmul(softmax(ops.BatchMatMul(transpose_b=True)(q, k)), v)
+
+
+def _attention_bprop(q, k, v, shape, out, dout):
+    heads = shape.shape[0]
+    b, t, c = q.shape
+    scale = (c // heads) ** -0.5
+    q, k, v, dy = (_heads(x, heads) for x in (q * scale, k, v, dout))
+    p = ops.softmax(ops.BatchMatMul(transpose_b=True)(q, k), -1)
+    dp = ops.BatchMatMul(transpose_b=True)(dy, v)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True))
+    dq = ops.matmul(ds, k) * scale
+    dk = ops.BatchMatMul(transpose_a=True)(ds, q)
+    dv = ops.BatchMatMul(transpose_a=True)(p, dy)
+    return _merge(dq), _merge(dk), _merge(dv), ops.zeros_like(shape)
+
+
 class CacheAttention(nn.Cell):
     """One decode step's attention over a static, slot-major KV cache: q (B, Hkv, R, D) (R query heads per
     kv head), k/v cache (S, B, Hkv, D), additive mask (B, S) → (B, Hkv, R, D), scale 1/√D.
@@ -284,13 +348,16 @@ class CacheAttention(nn.Cell):
 
 
 class MatMulT(nn.Cell):
-    """x (M, I) · wᵀ for w (O, I), plus an optional bias (O).
+    """x (M, I) · wᵀ for w (O, I), plus an optional bias (O) and residual (M, O).
 
     For 2 to `FEW_ROWS` rows (batched decode steps) the native kernel reads each weight row once and dots
     it with every row of x: BLAS packs w on each call, which costs more than the product itself at a few
     rows (oneDNN's one-row path is faster, so one row stays with it). Its sums do not depend on M, so a
-    row's result is the same in any such batch. The choice is made at trace time from the static shape;
-    gradients are the usual two matmuls.
+    row's result is the same in any such batch. With more rows and a bias, the native dense kernel writes
+    bias (+ residual) into the output and has oneDNN's sgemm add the product to it: MindSpore's broadcast
+    Add was a separate pass at 4-10x torch's cost (a bias-free product stays with MindSpore's MatMul,
+    as fast as the sgemm or faster below ~2048 rows).
+    The choice is made at trace time from the static shape; gradients are the usual two matmuls.
     """
 
     FEW_ROWS = 32
@@ -300,12 +367,18 @@ class MatMulT(nn.Cell):
         self.matmul = ops.MatMul(transpose_b=True)
         self.rows = _kernel("LinearRows", _rows_shape, bprop=_rows_bprop)
         self.rows_bias = _kernel("LinearRowsBias", _rows_shape, bprop=_rows_bias_bprop)
+        self.dense = _kernel("Dense", _rows_shape, bprop=_rows_bias_bprop)
+        self.dense_residual = _kernel("DenseResidual", _rows_shape, bprop=_dense_residual_bprop)
 
-    def construct(self, x, w, bias=None):
+    def construct(self, x, w, bias=None, residual=None):
         if self.rows is not None and 1 < x.shape[0] <= self.FEW_ROWS:
-            return self.rows(x, w) if bias is None else self.rows_bias(x, w, bias)
+            y = self.rows(x, w) if bias is None else self.rows_bias(x, w, bias)
+            return y if residual is None else y + residual
+        if self.dense is not None and bias is not None and x.shape[0] > self.FEW_ROWS:
+            return self.dense(x, w, bias) if residual is None else self.dense_residual(x, w, bias, residual)
         y = self.matmul(x, w)
-        return y if bias is None else y + bias
+        y = y if bias is None else y + bias
+        return y if residual is None else y + residual
 
 
 def _rows_shape(x, w, *_):
@@ -320,11 +393,16 @@ def _rows_bias_bprop(x, w, bias, out, dout):
     return ops.matmul(dout, w), ops.matmul(dout.T, x), dout.sum(0)
 
 
-class Linear(nn.Dense):
-    """A torch-style dense layer (`weight` (out, in), `bias`) on inputs of any rank.
+def _dense_residual_bprop(x, w, bias, residual, out, dout):
+    return ops.matmul(dout, w), ops.matmul(dout.T, x), dout.sum(0), dout
 
-    The bias is added by broadcasting: the gradient of nn.Dense's BiasAdd sums a (8192, 512)
-    input column by column in 27 ms here, against 5 ms for the broadcast add's row reduction.
+
+class Linear(nn.Dense):
+    """A torch-style dense layer (`weight` (out, in), `bias`) on inputs of any rank; `residual` (the
+    output's shape) is added to the result, inside the matmul kernel where there is one.
+
+    Classic form: the bias is added by broadcasting (the gradient of nn.Dense's BiasAdd sums a
+    (8192, 512) input column by column in 27 ms here, against 5 ms for the broadcast add's row reduction).
     `weight_init="zeros"` skips the random init where a checkpoint always follows (seconds at 170M).
     """
 
@@ -332,9 +410,11 @@ class Linear(nn.Dense):
         super().__init__(in_features, out_features, has_bias=bias, weight_init=weight_init)
         self.matmul_t = MatMulT()
 
-    def construct(self, x):
+    def construct(self, x, residual=None):
         shape = x.shape
-        y = self.matmul_t(x.reshape(-1, shape[-1]), self.weight, self.bias if self.has_bias else None)
+        if residual is not None:
+            residual = residual.reshape(-1, residual.shape[-1])
+        y = self.matmul_t(x.reshape(-1, shape[-1]), self.weight, self.bias if self.has_bias else None, residual)
         return y.reshape(shape[:-1] + (y.shape[-1],))
 
 
@@ -342,25 +422,37 @@ class Conv2d(nn.Conv2d):
     """torch-style Conv2d (explicit padding, bias on; MindSpore's defaults are pad_mode='same', no bias).
 
     On CPU it runs as the native im2col + sgemm kernels when they are available (`kernels.convolutions()`),
-    which lets oneDNN use AVX-512 for every matmul; else MindSpore's own convolution.
+    which lets oneDNN use AVX-512 for every matmul; else MindSpore's own convolution. `shift` (B, O) is
+    added per image and channel (the UNet's time embedding) and `residual` (the output's shape) to the
+    result; the native kernels do both inside the convolution instead of as separate passes.
     """
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, bias: bool = True):
         pad = {"pad_mode": "pad", "padding": padding} if padding else {"pad_mode": "valid"}
         super().__init__(cin, cout, kernel, stride=stride, has_bias=bias, **pad)
         self.native = _native("Conv2d", _conv_shape, _conv_grads, _conv_bprop(bias)) if kernels.convolutions() else None
+        grad = _gradient_kernel("Conv2d", _conv_grads) if self.native is not None else None
+        self.native_residual = None if grad is None else _kernel("Conv2dResidual", _conv_shape, bprop=_conv_residual_bprop(grad))
         # Stride and padding travel as the *shape* of a zero-filled tensor: MindSpore caches a Custom op's
         # shape function by name in eager mode, so it must read the geometry from its inputs' shapes.
         self.geom = ms.Tensor(np.zeros((stride, padding + 1), np.float32))
         self.no_bias = ms.Tensor(np.zeros(cout, np.float32))
 
-    def construct(self, x):
+    def construct(self, x, shift=None, residual=None):
         if self.native is None:
-            return super().construct(x)
-        return self.native(x, self.weight, self.bias if self.has_bias else self.no_bias, self.geom)
+            y = super().construct(x)
+            if shift is not None:
+                y = y + shift.reshape(shift.shape[0], shift.shape[1], 1, 1)
+            return y if residual is None else y + residual
+        b = self.bias if self.has_bias else self.no_bias
+        if shift is not None:
+            b = b + shift  # (B, O): the kernel adds a bias per image
+        if residual is None:
+            return self.native(x, self.weight, b, self.geom)
+        return self.native_residual(x, self.weight, b, self.geom, residual)
 
 
-def _conv_shape(x, w, b, geom):
+def _conv_shape(x, w, b, geom, *_):
     stride, padding = geom[0], geom[1] - 1
     return (x[0], w[0], (x[2] + 2 * padding - w[2]) // stride + 1, (x[3] + 2 * padding - w[3]) // stride + 1)
 
@@ -369,13 +461,27 @@ def _conv_grads(x, w, b, geom, dy):
     return x, w, b
 
 
+def _conv_backward(grad, x, w, b, geom, dout):
+    if b.ndim == 2:  # a bias per image: its gradient is per image too
+        dx, dw, _ = grad(x, w, b[0], geom, dout)
+        return dx, dw, dout.sum((2, 3))
+    return grad(x, w, b, geom, dout)
+
+
 def _conv_bprop(bias: bool):
     def bprop_from(grad):
         def bprop(x, w, b, geom, out, dout):
-            dx, dw, db = grad(x, w, b, geom, dout)
+            dx, dw, db = _conv_backward(grad, x, w, b, geom, dout)
             return dx, dw, (db if bias else ops.zeros_like(b)), ops.zeros_like(geom)
         return bprop
     return bprop_from
+
+
+def _conv_residual_bprop(grad):
+    def bprop(x, w, b, geom, residual, out, dout):
+        dx, dw, db = _conv_backward(grad, x, w, b, geom, dout)
+        return dx, dw, db, ops.zeros_like(geom), dout
+    return bprop
 
 
 # Abramowitz & Stegun 7.1.26: erfc(z) ≈ t·(a1 + t·(a2 + … + t·a5))·exp(−z²), t = 1/(1 + p·z), z ≥ 0,

@@ -588,32 +588,39 @@ void col2im(const Geom &g, const float *buf, int64_t l0, int64_t n, float *dx) {
   });
 }
 
-// x, w, bias: (O), geom -> y: (B, O, Ho, Wo).
+// x, w, bias: (O) or (B, O) (a per-image shift folded in: the UNet's time embedding), geom[, residual:
+// (B, O, Ho, Wo), copied into y first and the product added to it by the sgemm] -> y: (B, O, Ho, Wo).
 int conv2d(int nparam, void **params, int *ndims, int64_t **shapes) {
   const sgemm_t gemm = sgemm();
-  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || gemm == nullptr) return 1;
+  if ((nparam != 5 && nparam != 6) || ndims[0] != 4 || ndims[1] != 4 || gemm == nullptr) return 1;
   const float *x = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   const float *b = static_cast<const float *>(params[2]);
+  const float *res = nparam == 6 ? static_cast<const float *>(params[4]) : nullptr;
+  const bool per_image = ndims[2] == 2;
   const Geom g = geometry(shapes);
-  float *y = static_cast<float *>(params[4]);
+  float *y = static_cast<float *>(params[nparam - 1]);
   const int64_t chunks = (g.L + g.chunk - 1) / g.chunk, items = g.B * chunks;
   const int T = threads(g, items);
   run_threads(T, [&](int t) {
     std::vector<float> buf(g.direct ? 0 : g.K * g.chunk);
     for (int64_t item = t; item < items; item += T) {
       const int64_t n = item / chunks, l0 = (item % chunks) * g.chunk, m = std::min(g.chunk, g.L - l0);
-      const float *xn = x + n * g.C * g.H * g.W;
+      const float *xn = x + n * g.C * g.H * g.W, *bn = b + (per_image ? n * g.O : 0);
       float *yn = y + n * g.O * g.L;
+      if (res) {
+        for (int64_t o = 0; o < g.O; ++o) std::memcpy(yn + o * g.L + l0, res + n * g.O * g.L + o * g.L + l0, sizeof(float) * m);
+      }
+      const float beta = res ? 1.f : 0.f;
       if (g.direct) {
-        gemm('N', 'N', g.O, m, g.K, 1.f, w, g.K, xn + l0, g.L, 0.f, yn + l0, g.L);
+        gemm('N', 'N', g.O, m, g.K, 1.f, w, g.K, xn + l0, g.L, beta, yn + l0, g.L);
       } else {
         im2col(g, xn, l0, m, buf.data());
-        gemm('N', 'N', g.O, m, g.K, 1.f, w, g.K, buf.data(), m, 0.f, yn + l0, g.L);
+        gemm('N', 'N', g.O, m, g.K, 1.f, w, g.K, buf.data(), m, beta, yn + l0, g.L);
       }
       for (int64_t o = 0; o < g.O; ++o) {
         float *row = yn + o * g.L + l0;
-        for (int64_t l = 0; l < m; ++l) row[l] += b[o];
+        for (int64_t l = 0; l < m; ++l) row[l] += bn[o];
       }
     }
   });
@@ -833,9 +840,90 @@ int cache_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
   return 0;
 }
 
+// --- x (M, I) . w^T + bias [+ residual] for many rows (the UNet's, VAE's and CLIP's linears): the bias
+// (and the residual) are written into y first and the sgemm adds the product to them (beta = 1), so neither
+// is a separate pass over y (MindSpore's broadcast Add took 4-10x torch's time at these shapes).
+// x: (M, I), w: (O, I), bias: (O)[, residual: (M, O)] -> y: (M, O). Rows split over threads in blocks of 16.
+int dense(int nparam, void **params, int *ndims, int64_t **shapes) {
+  const sgemm_t gemm = sgemm();
+  if ((nparam != 4 && nparam != 5) || ndims[0] != 2 || ndims[1] != 2 || gemm == nullptr) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  const float *b = static_cast<const float *>(params[2]);
+  const float *res = nparam == 5 ? static_cast<const float *>(params[3]) : nullptr;
+  float *y = static_cast<float *>(params[nparam - 1]);
+  const int64_t M = shapes[0][0], I = shapes[0][1], O = shapes[1][0];
+  if (shapes[1][1] != I || shapes[2][0] != O) return 1;
+  const int64_t blocks = (M + 15) / 16;
+  const int T = static_cast<int>(std::clamp<int64_t>(2 * M * I * O >> 21, 1, std::min<int64_t>(n_threads(), blocks)));
+  run_threads(T, [&](int t) {
+    const int64_t r0 = std::min(M, blocks * t / T * 16), r1 = std::min(M, blocks * (t + 1) / T * 16);
+    if (r0 == r1) return;
+    for (int64_t r = r0; r < r1; ++r) {
+      float *yr = y + r * O;
+      if (res) {
+        const float *rr = res + r * O;
+        for (int64_t o = 0; o < O; ++o) yr[o] = rr[o] + b[o];
+      } else {
+        std::memcpy(yr, b, sizeof(float) * O);
+      }
+    }
+    gemm('N', 'T', r1 - r0, O, I, 1.f, x + r0 * I, I, w, I, 1.f, y + r0 * O, O);
+  });
+  return 0;
+}
+
+// --- Attention over whole sequences (UNet, VAE): softmax(q k^T / sqrt(D)) v for each head, no mask.
+// q: (B, Tq, H*D), k, v: (B, Tk, H*D), heads: (H) (only its shape is used) -> y: (B, Tq, H*D).
+// The sgemm reads a head's columns in place (leading dimension H*D), so heads are never transposed out,
+// and a block of queries' scores (about 256 KB) stays in cache between the two products instead of
+// going to memory and back through a separate softmax. Rows are normalised after the second product
+// (D values a row instead of Tk). Blocks depend on Tq and Tk only: a row's result is the same in any batch.
+int attention(int nparam, void **params, int *ndims, int64_t **shapes) {
+  const sgemm_t gemm = sgemm();
+  if (nparam != 5 || ndims[0] != 3 || ndims[1] != 3 || ndims[2] != 3 || ndims[3] != 1 || gemm == nullptr) return 1;
+  const float *q = static_cast<const float *>(params[0]);
+  const float *k = static_cast<const float *>(params[1]);
+  const float *v = static_cast<const float *>(params[2]);
+  float *y = static_cast<float *>(params[4]);
+  const int64_t B = shapes[0][0], Tq = shapes[0][1], C = shapes[0][2], Tk = shapes[1][1], H = shapes[3][0];
+  if (H <= 0 || C % H != 0 || shapes[1][2] != C || shapes[2][1] != Tk) return 1;
+  const int64_t D = C / H, QB = std::clamp<int64_t>((1 << 16) / Tk, 8, Tq), blocks = (Tq + QB - 1) / QB;
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  const int64_t items = B * H * blocks;
+  const int T = static_cast<int>(std::clamp<int64_t>(4 * B * H * Tq * Tk * D >> 24, 1, std::min<int64_t>(n_threads(), items)));
+  run_threads(T, [&](int t) {
+    std::vector<float> s(QB * Tk), inv(QB);
+    for (int64_t item = items * t / T; item < items * (t + 1) / T; ++item) {
+      const int64_t b = item / (H * blocks), h = item / blocks % H, q0 = item % blocks * QB;
+      const int64_t m = std::min(QB, Tq - q0);
+      const float *kb = k + b * Tk * C + h * D, *vb = v + b * Tk * C + h * D;
+      float *yb = y + (b * Tq + q0) * C + h * D;
+      gemm('N', 'T', m, Tk, D, scale, q + (b * Tq + q0) * C + h * D, C, kb, C, 0.f, s.data(), Tk);
+      for (int64_t r = 0; r < m; ++r) {
+        float *row = s.data() + r * Tk, top = -INFINITY, sum = 0.f;
+        for (int64_t j = 0; j < Tk; ++j) top = std::max(top, row[j]);
+        for (int64_t j = 0; j < Tk; ++j) sum += (row[j] = std::exp(row[j] - top));
+        inv[r] = 1.f / sum;
+      }
+      gemm('N', 'N', m, D, Tk, 1.f, s.data(), Tk, vb, C, 0.f, yb, C);
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t d = 0; d < D; ++d) yb[r * C + d] *= inv[r];
+      }
+    }
+  });
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
+int Dense(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) { return dense(np, p, nd, s); }
+// The same plus a residual: a second name, because MindSpore keeps one bprop per Custom op name.
+int DenseResidual(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
+  return dense(np, p, nd, s);
+}
+int Attention(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) { return attention(np, p, nd, s); }
 int CacheAttention(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
   return cache_attention(np, p, nd, s);
 }
@@ -847,6 +935,10 @@ int LinearRowsBias(int np, void **p, int *nd, int64_t **s, const char **, void *
   return linear_rows(np, p, nd, s);
 }
 int Conv2d(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) { return conv2d(np, p, nd, s); }
+// The same plus a residual: a second name, because MindSpore keeps one bprop per Custom op name.
+int Conv2dResidual(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
+  return conv2d(np, p, nd, s);
+}
 int Conv2dGrad(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
   return conv2d_grad(np, p, nd, s);
 }

@@ -120,30 +120,6 @@ def silu(x):
     return ops.silu(x)
 
 
-MAX_SCORES = 1 << 26   # score elements per attention slice (256 MB in fp32)
-
-
-def _attend(q, k, v, softmax):
-    scores = ops.BatchMatMul(transpose_b=True)(q, k).astype(ms.float32)
-    return ops.matmul(softmax(scores).astype(q.dtype), v)
-
-
-def attention(q, k, v, scale: float, softmax):
-    """softmax(q k^T * scale) v on (B, H, T, d), softmax in fp32 (`softmax`: the caller's P.Softmax cell).
-
-    q is scaled before the matmul (T*d values instead of the T*T scores). Queries are processed in
-    slices so no more than MAX_SCORES scores exist at once: at 768 px (96x96 latents, T = 9216) one
-    unsliced self-attention would hold 3.4 GB of scores per batch of 2.
-    """
-    b, h, tq, _ = q.shape
-    q = q * scale
-    slices = -(-b * h * tq * k.shape[2] // MAX_SCORES)
-    if slices <= 1:
-        return _attend(q, k, v, softmax)
-    step = -(-tq // slices)
-    return ops.cat([_attend(q[:, :, i:i + step], k, v, softmax) for i in range(0, tq, step)], 2)
-
-
 class ResnetBlock2D(nn.Cell):
     """GroupNorm-SiLU-conv twice, plus the time embedding after the first conv (none in the VAE)."""
 
@@ -162,13 +138,9 @@ class ResnetBlock2D(nn.Cell):
         self.scale = scale
 
     def construct(self, x, temb=None):
-        h = self.conv1(self.norm1(x))
-        if self.has_temb:
-            h = h + self.time_emb_proj(silu(temb))[:, :, None, None]
-        h = self.conv2(self.norm2(h))
-        if self.has_shortcut:
-            x = self.conv_shortcut(x)
-        out = x + h
+        # the time embedding and the shortcut are added inside the convolutions (no separate passes)
+        h = self.conv1(self.norm1(x), self.time_emb_proj(silu(temb)) if self.has_temb else None)
+        out = self.conv2(self.norm2(h), None, self.conv_shortcut(x) if self.has_shortcut else x)
         return out / self.scale if self.scale != 1.0 else out
 
 
@@ -183,19 +155,11 @@ class Attention(nn.Cell):
         self.to_k = P.Linear(context_dim or dim, inner, bias)
         self.to_v = P.Linear(context_dim or dim, inner, bias)
         self.to_out = nn.CellList([P.Linear(inner, dim)])
-        self.scale = 1.0 / math.sqrt(head_dim)
-        self.softmax = P.Softmax()
+        self.attend = P.MultiHeadAttention(heads)
 
-    def _split(self, x):
-        b, t, _ = x.shape
-        return x.reshape(b, t, self.heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H, T, d)
-
-    def construct(self, x, context=None):
+    def construct(self, x, context=None, residual=None):
         context = x if context is None else context
-        q, k, v = self._split(self.to_q(x)), self._split(self.to_k(context)), self._split(self.to_v(context))
-        out = attention(q, k, v, self.scale, self.softmax)
-        b, _, t, _ = out.shape
-        return self.to_out[0](out.transpose(0, 2, 1, 3).reshape(b, t, self.heads * self.head_dim))
+        return self.to_out[0](self.attend(self.to_q(x), self.to_k(context), self.to_v(context)), residual)
 
 
 class GEGLU(nn.Cell):
@@ -220,8 +184,8 @@ class FeedForward(nn.Cell):
         super().__init__()
         self.net = nn.CellList([GEGLU(dim, dim * mult), _Identity(), P.Linear(dim * mult, dim)])
 
-    def construct(self, x):
-        return self.net[2](self.net[0](x))
+    def construct(self, x, residual=None):
+        return self.net[2](self.net[0](x), residual)
 
 
 class BasicTransformerBlock(nn.Cell):
@@ -238,9 +202,10 @@ class BasicTransformerBlock(nn.Cell):
         self.ff = FeedForward(dim)
 
     def construct(self, x, context):
-        x = x + self.attn1(self.norm1(x), context if self.only_cross else None)
-        x = x + self.attn2(self.norm2(x), context)
-        return x + self.ff(self.norm3(x))
+        # each residual is added inside the output projection's matmul (no separate pass)
+        x = self.attn1(self.norm1(x), context if self.only_cross else None, x)
+        x = self.attn2(self.norm2(x), context, x)
+        return self.ff(self.norm3(x), x)
 
 
 class Transformer2DModel(nn.Cell):

@@ -6,14 +6,13 @@ huggingface/diffusers `autoencoder_kl.py` / `vae.py`, so the diffusers safetenso
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from mindspore import nn
 
 from pmg_models import ops as P
-from pmg_models.sd.unet import Downsample2D, ResnetBlock2D, Upsample2D, attention
+from pmg_models.sd.unet import Downsample2D, ResnetBlock2D, Upsample2D
 
 _FIXED = {"act_fn": "silu", "shift_factor": None, "latents_mean": None, "latents_std": None,
           "use_quant_conv": True, "use_post_quant_conv": True}
@@ -65,17 +64,12 @@ class SpatialAttention(nn.Cell):
         self.to_k = P.Linear(channels, channels)
         self.to_v = P.Linear(channels, channels)
         self.to_out = nn.CellList([P.Linear(channels, channels)])
-        self.scale = 1.0 / math.sqrt(channels)
-        self.softmax = P.Softmax()
+        self.attend = P.MultiHeadAttention(1)
 
     def construct(self, x):
         b, c, h, w = x.shape
         t = self.group_norm(x).reshape(b, c, h * w).transpose(0, 2, 1)   # (B, HW, C)
-        # reshape, not [:, None] / [:, 0]: MindSpore's CPU StridedSlice copied for 2-3 ms per call here
-        q = self.to_q(t).reshape(b, 1, h * w, c)  # (B, 1, HW, C)
-        k = self.to_k(t).reshape(b, 1, h * w, c)
-        v = self.to_v(t).reshape(b, 1, h * w, c)
-        out = self.to_out[0](attention(q, k, v, self.scale, self.softmax).reshape(b, h * w, c))
+        out = self.to_out[0](self.attend(self.to_q(t), self.to_k(t), self.to_v(t)))
         return out.transpose(0, 2, 1).reshape(b, c, h, w) + x
 
 

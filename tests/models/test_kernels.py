@@ -207,6 +207,37 @@ def test_conv2d(path, case, compiled):
     _check(_grads(conv, x, dout, compiled), _torch_grads(ref, x, dout, params), 1e-5)
 
 
+@pytest.mark.parametrize("case", [(3, 5, 7, 9, 3, 1, 1), (2, 6, 4, 8, 1, 1, 0), (2, 300, 9, 20, 3, 1, 1)],
+                         ids=["3x3", "1x1", "2chunks"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_conv2d_shift_and_residual(path, case, compiled):
+    """conv(x) + bias + shift[:, :, None, None] + residual, as the UNet's ResNet blocks use it."""
+    b, c, o, h, k, s, p = case
+    conv = ops.Conv2d(c, o, k, s, p)
+    assert (conv.native_residual is not None) == (path == "native")
+    w = (rng.standard_normal((o, c, k, k)) / np.sqrt(c * k * k)).astype(np.float32)
+    bias, x = rng.standard_normal(o).astype(np.float32), rng.standard_normal((b, c, h, h)).astype(np.float32)
+    shift, res, dout = (rng.standard_normal(shape).astype(np.float32) for shape in ((b, o), (b, o, h, h), (b, o, h, h)))
+    conv.weight.set_data(runtime.to_tensor(w))
+    conv.bias.set_data(runtime.to_tensor(bias))
+
+    def loss(x, shift, res):
+        return (conv(x, shift, res) * runtime.to_tensor(dout)).sum()
+
+    fn = ms.value_and_grad(loss, (0, 1, 2), conv.trainable_params())
+    args = [runtime.to_tensor(a) for a in (x, shift, res)]
+    _, (grads, (dw, db)) = (ms.jit(fn) if compiled else fn)(*args)
+    ours = [conv(*args).asnumpy(), *grads, dw, db]
+    ts = [torch.tensor(a, requires_grad=True) for a in (x, shift, res, w, bias)]
+    out = torch.nn.functional.conv2d(ts[0], ts[3], ts[4], stride=s, padding=p) + ts[1][:, :, None, None] + ts[2]
+    (out * torch.tensor(dout)).sum().backward()
+    names = ["output", "dx", "dshift", "dresidual", "dw", "dbias"]
+    for name, a, want in zip(names, ours, [out.detach().numpy(), *(t.grad.numpy() for t in ts)]):
+        np.testing.assert_allclose(np.asarray(a), want, atol=1e-5 * max(1.0, float(np.abs(want).max())), err_msg=name)
+    shifted_only = conv(args[0], args[1]).asnumpy()  # shift without a residual
+    np.testing.assert_allclose(shifted_only, out.detach().numpy() - res, atol=1e-5 * max(1.0, float(np.abs(out.detach().numpy()).max())))
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_conv2d_geometries_side_by_side(compiled):
     """Eager MindSpore keeps one shape function per Custom op name: each conv's geometry must still count."""
@@ -323,6 +354,39 @@ def test_linear_gradients_few_rows(rows):
         _check(_grads(lin, x, dout, compiled), _torch_grads(ref, x, dout, [w, b]), 1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 4, 40, 700])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_linear_with_residual(rows, compiled):
+    """y = x wᵀ + b + residual: few rows, the dense kernel (40 rows: one thread; 700: both), one row."""
+    x, res, dout = (rng.standard_normal((rows, n)).astype(np.float32) for n in (48, 10, 10))
+    w, b = rng.standard_normal((10, 48)).astype(np.float32), rng.standard_normal(10).astype(np.float32)
+    lin = ops.Linear(48, 10)
+    lin.weight.set_data(runtime.to_tensor(w))
+    lin.bias.set_data(runtime.to_tensor(b))
+
+    def loss(x, r):
+        return (lin(x, r) * runtime.to_tensor(dout)).sum()
+
+    fn = ms.value_and_grad(loss, (0, 1), lin.trainable_params())
+    _, ((dx, dr), (dw, db)) = (ms.jit(fn) if compiled else fn)(runtime.to_tensor(x), runtime.to_tensor(res))
+    ours = [lin(runtime.to_tensor(x), runtime.to_tensor(res)).asnumpy(), dx, dr, dw, db]
+    ts = [torch.tensor(a, requires_grad=True) for a in (x, res, w, b)]
+    out = torch.nn.functional.linear(ts[0], ts[2], ts[3]) + ts[1]
+    (out * torch.tensor(dout)).sum().backward()
+    for name, a, want in zip(["output", "dx", "dresidual", "dw", "db"], ours,
+                             [out.detach().numpy(), *(t.grad.numpy() for t in ts)]):
+        np.testing.assert_allclose(np.asarray(a), want, atol=1e-5 * max(1.0, float(np.abs(want).max())), err_msg=name)
+
+
+def test_dense_rows_are_batch_independent():
+    lin = ops.Linear(64, 96)
+    x, res = rng.standard_normal((900, 64)).astype(np.float32), rng.standard_normal((900, 96)).astype(np.float32)
+    full = lin(runtime.to_tensor(x), runtime.to_tensor(res)).asnumpy()
+    for lo, hi in [(0, 900), (100, 433), (850, 900)]:
+        part = lin(runtime.to_tensor(x[lo:hi]), runtime.to_tensor(res[lo:hi])).asnumpy()
+        assert np.array_equal(part, full[lo:hi])
+
+
 def _cache_case(b=3, g=2, r=4, s=24, d=16):
     q = rng.standard_normal((b, g, r, d)).astype(np.float32)
     k, v = (rng.standard_normal((s, b, g, d)).astype(np.float32) for _ in range(2))
@@ -389,3 +453,69 @@ def test_few_row_linears_with_and_without_bias_in_one_compiled_gradient():
     loss, (dx, grads) = ms.jit(ms.value_and_grad(net, 0, net.trainable_params()))(
         runtime.to_tensor(rng.standard_normal((4, 6)).astype(np.float32)))
     assert dx.shape == (4, 6) and [tuple(g.shape) for g in grads] == [(5, 6), (5,), (3, 5)]
+
+
+# (batch, queries, keys, heads, head dim): UNet self-attention, cross-attention to 77 text tokens, and a
+# single-head VAE-style case whose queries span three blocks of the kernel (the last one short).
+ATTENTION = [(2, 50, 50, 3, 8), (2, 37, 77, 2, 16), (1, 600, 300, 1, 24)]
+
+
+def _mha_torch(q, k, v, heads):
+    def split(x):
+        b, t, c = x.shape
+        return x.reshape(b, t, heads, c // heads).transpose(1, 2)
+    out = torch.nn.functional.scaled_dot_product_attention(split(q), split(k), split(v))
+    return out.transpose(1, 2).reshape(q.shape)
+
+
+@pytest.mark.parametrize("case", ATTENTION, ids=lambda c: "b{}q{}k{}h{}d{}".format(*c))
+@pytest.mark.parametrize("native", [True, False], ids=["native", "classic"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_multi_head_attention(case, native, compiled):
+    b, tq, tk, heads, d = case
+    q, dout = (rng.standard_normal((b, tq, heads * d)).astype(np.float32) * 2 for _ in range(2))
+    k, v = (rng.standard_normal((b, tk, heads * d)).astype(np.float32) * 2 for _ in range(2))
+    att = ops.MultiHeadAttention(heads)
+    if not native:
+        att.kernel = None
+    assert native == (att.kernel is not None)
+
+    def loss(q, k, v):
+        return (att(q, k, v) * runtime.to_tensor(dout)).sum()
+
+    fn = ms.value_and_grad(loss, (0, 1, 2))
+    args = [runtime.to_tensor(a) for a in (q, k, v)]
+    _, grads = (ms.jit(fn) if compiled else fn)(*args)
+    ours = [(ms.jit(att) if compiled else att)(*args).asnumpy(), *(g.asnumpy() for g in grads)]
+    qt, kt, vt = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    out = _mha_torch(qt, kt, vt, heads)
+    (out * torch.tensor(dout)).sum().backward()
+    for name, a, want in zip(["output", "dq", "dk", "dv"], ours, [out.detach().numpy(), qt.grad, kt.grad, vt.grad]):
+        want = np.asarray(want)
+        np.testing.assert_allclose(a, want, atol=2e-5 * max(1.0, float(np.abs(want).max())), err_msg=name)
+
+
+def test_multi_head_attention_rows_are_batch_independent():
+    q, k, v = (rng.standard_normal((3, 300, 64)).astype(np.float32) for _ in range(3))
+    att = ops.MultiHeadAttention(2)
+    out = att(*(runtime.to_tensor(a) for a in (q, k, v))).asnumpy()
+    one = att(*(runtime.to_tensor(a[1:2]) for a in (q, k, v))).asnumpy()
+    assert np.array_equal(one, out[1:2])
+    assert np.array_equal(att(*(runtime.to_tensor(a) for a in (q, k, v))).asnumpy(), out)
+
+
+def test_classic_attention_slices_equal_the_whole(monkeypatch):
+    q, k, v = (runtime.to_tensor(rng.standard_normal((2, 50, 24)).astype(np.float32)) for _ in range(3))
+    att = ops.MultiHeadAttention(3)
+    att.kernel = None
+    whole = att(q, k, v).asnumpy()
+    monkeypatch.setattr(ops, "MAX_SCORES", 2 * 3 * 50 * 50 // 7)   # 7+ slices, the last one short
+    sliced = ops.MultiHeadAttention(3)
+    sliced.kernel = None
+    calls = []
+    attend = ops._attend
+    monkeypatch.setattr(ops, "_attend", lambda *args: calls.append(1) or attend(*args))
+    np.testing.assert_allclose(sliced(q, k, v).asnumpy(), whole, rtol=1e-6, atol=1e-6)
+    assert len(calls) >= 7
+    monkeypatch.setattr(ops, "_attend", attend)
+    np.testing.assert_allclose(ms.jit(sliced)(q, k, v).asnumpy(), whole, rtol=1e-6, atol=1e-6)
