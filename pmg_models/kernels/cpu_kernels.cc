@@ -9,6 +9,9 @@
 // work over a small pool whose threads sleep between calls (no spinning).
 // Signature (MindSpore aot): int f(nparam, params, ndims, shapes, dtypes, stream, extra); inputs first.
 #include <dlfcn.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include <sched.h>
 #include <unistd.h>
 
@@ -873,6 +876,71 @@ int dense(int nparam, void **params, int *ndims, int64_t **shapes) {
   return 0;
 }
 
+// Softmax row helpers for the attention below. GCC vectorises neither a std::max reduction nor (beyond
+// 8 lanes, through libmvec calls) std::exp, and at head dims of 16-64 those two passes cost as much as
+// both matrix products: 0.55 ns a score against 0.1 with the AVX-512 forms.
+#ifdef __AVX512F__
+// e^x, 16 lanes: x = n ln2 + r, |r| <= ln2/2, e^r by Cephes expf's polynomial, 2^n through the exponent.
+// Relative error <= 1.2e-7 (measured); 0 below -87 (no denormals).
+inline __m512 exp16(__m512 x) {
+  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.f), _CMP_GE_OQ);
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_maskz_scalef_ps(live, p, n);
+}
+
+inline __mmask16 tail_mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1); }
+
+inline float row_max(const float *row, int64_t n) {
+  __m512 top = _mm512_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) top = _mm512_max_ps(top, _mm512_loadu_ps(row + j));
+  if (j < n) top = _mm512_mask_max_ps(top, tail_mask(n - j), top, _mm512_maskz_loadu_ps(tail_mask(n - j), row + j));
+  return _mm512_reduce_max_ps(top);
+}
+
+// row[j] = e^(row[j] - top); returns their sum (16 partial sums, added in a fixed order).
+inline float exp_sum(float *row, int64_t n, float top) {
+  const __m512 t = _mm512_set1_ps(top);
+  __m512 acc = _mm512_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(row + j), t));
+    _mm512_storeu_ps(row + j, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  if (j < n) {
+    const __mmask16 m = tail_mask(n - j);
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row + j), t));
+    _mm512_mask_storeu_ps(row + j, m, e);
+    acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(m, e));
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+#else
+inline float row_max(const float *row, int64_t n) {
+  float top = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) top = std::max(top, row[j]);
+  return top;
+}
+
+inline float exp_sum(float *row, int64_t n, float top) {
+  float sum = 0.f;
+  for (int64_t j = 0; j < n; ++j) sum += (row[j] = std::exp(row[j] - top));
+  return sum;
+}
+#endif
+
 // --- Attention over whole sequences (UNet, VAE): softmax(q k^T / sqrt(D)) v for each head, no mask.
 // q: (B, Tq, H*D), k, v: (B, Tk, H*D), heads: (H) (only its shape is used) -> y: (B, Tq, H*D).
 // The sgemm reads a head's columns in place (leading dimension H*D), so heads are never transposed out,
@@ -901,10 +969,8 @@ int attention(int nparam, void **params, int *ndims, int64_t **shapes) {
       float *yb = y + (b * Tq + q0) * C + h * D;
       gemm('N', 'T', m, Tk, D, scale, q + (b * Tq + q0) * C + h * D, C, kb, C, 0.f, s.data(), Tk);
       for (int64_t r = 0; r < m; ++r) {
-        float *row = s.data() + r * Tk, top = -INFINITY, sum = 0.f;
-        for (int64_t j = 0; j < Tk; ++j) top = std::max(top, row[j]);
-        for (int64_t j = 0; j < Tk; ++j) sum += (row[j] = std::exp(row[j] - top));
-        inv[r] = 1.f / sum;
+        float *row = s.data() + r * Tk;
+        inv[r] = 1.f / exp_sum(row, Tk, row_max(row, Tk));
       }
       gemm('N', 'N', m, D, Tk, 1.f, s.data(), Tk, vb, C, 0.f, yb, C);
       for (int64_t r = 0; r < m; ++r) {
