@@ -314,7 +314,8 @@ def _attention_bprop(q, k, v, shape, out, dout):
     b, t, c = q.shape
     scale = (c // heads) ** -0.5
     q, k, v, dy = (_heads(x, heads) for x in (q * scale, k, v, dout))
-    p = ops.softmax(ops.BatchMatMul(transpose_b=True)(q, k), -1)
+    # the primitive: the functional ops.softmax failed to compile in soft-prompt training's compiled gradient
+    p = ops.Softmax(-1)(ops.BatchMatMul(transpose_b=True)(q, k))
     dp = ops.BatchMatMul(transpose_b=True)(dy, v)
     ds = p * (dp - (dp * p).sum(-1, keepdims=True))
     dq = ops.matmul(ds, k) * scale
@@ -437,7 +438,8 @@ class Conv2d(nn.Conv2d):
         super().__init__(cin, cout, kernel, stride=stride, has_bias=bias, **pad)
         self.native = _native("Conv2d", _conv_shape, _conv_grads, _conv_bprop(bias)) if kernels.convolutions() else None
         grad = _gradient_kernel("Conv2d", _conv_grads) if self.native is not None else None
-        self.native_residual = None if grad is None else _kernel("Conv2dResidual", _conv_shape, bprop=_conv_residual_bprop(grad))
+        self.native_residual = (None if grad is None else
+                                _kernel("Conv2dResidual", _conv_shape, bprop=_conv_residual_bprop(grad)))
         # Stride and padding travel as the *shape* of a zero-filled tensor: MindSpore caches a Custom op's
         # shape function by name in eager mode, so it must read the geometry from its inputs' shapes.
         self.geom = ms.Tensor(np.zeros((stride, padding + 1), np.float32))

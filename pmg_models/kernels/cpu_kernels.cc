@@ -612,7 +612,8 @@ int conv2d(int nparam, void **params, int *ndims, int64_t **shapes) {
       const float *xn = x + n * g.C * g.H * g.W, *bn = b + (per_image ? n * g.O : 0);
       float *yn = y + n * g.O * g.L;
       if (res) {
-        for (int64_t o = 0; o < g.O; ++o) std::memcpy(yn + o * g.L + l0, res + n * g.O * g.L + o * g.L + l0, sizeof(float) * m);
+        const float *rn = res + n * g.O * g.L;
+        for (int64_t o = 0; o < g.O; ++o) std::memcpy(yn + o * g.L + l0, rn + o * g.L + l0, sizeof(float) * m);
       }
       const float beta = res ? 1.f : 0.f;
       if (g.direct) {
@@ -959,7 +960,8 @@ int attention(int nparam, void **params, int *ndims, int64_t **shapes) {
   const int64_t D = C / H, QB = std::clamp<int64_t>((1 << 16) / Tk, 8, Tq), blocks = (Tq + QB - 1) / QB;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const int64_t items = B * H * blocks;
-  const int T = static_cast<int>(std::clamp<int64_t>(4 * B * H * Tq * Tk * D >> 24, 1, std::min<int64_t>(n_threads(), items)));
+  const int64_t flops = 4 * B * H * Tq * Tk * D;
+  const int T = static_cast<int>(std::clamp<int64_t>(flops >> 24, 1, std::min<int64_t>(n_threads(), items)));
   run_threads(T, [&](int t) {
     std::vector<float> s(QB * Tk), inv(QB);
     for (int64_t item = items * t / T; item < items * (t + 1) / T; ++item) {
