@@ -129,17 +129,20 @@ class CLIPAttention(nn.Cell):
         self.v_proj = pops.Linear(hidden, hidden)
         self.out_proj = pops.Linear(hidden, hidden)
         self.softmax = pops.Softmax()
+        self.attend = pops.MultiHeadAttention(heads)  # no mask (the image tower): heads in place
 
     def _split(self, x, b, t):
         return x.reshape(b, t, self.heads, self.head_dim).transpose(0, 2, 1, 3)  # (B, H, T, Dh)
 
-    def construct(self, x, mask):
+    def construct(self, x, mask, residual=None):
+        if mask is None:
+            return self.out_proj(self.attend(self.q_proj(x), self.k_proj(x), self.v_proj(x)), residual)
         b, t, c = x.shape
         q = self._split(self.q_proj(x), b, t)
         k = self._split(self.k_proj(x), b, t)
         v = self._split(self.v_proj(x), b, t)
         out = pops.attention(q, k, v, mask, self.scale, self.softmax)
-        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, c))
+        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, c), residual)
 
 
 class CLIPMLP(nn.Cell):
@@ -149,8 +152,8 @@ class CLIPMLP(nn.Cell):
         self.fc2 = pops.Linear(intermediate, hidden)
         self.act = ACTIVATIONS[act]()
 
-    def construct(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+    def construct(self, x, residual=None):
+        return self.fc2(self.act(self.fc1(x)), residual)
 
 
 class CLIPEncoderLayer(nn.Cell):
@@ -164,8 +167,8 @@ class CLIPEncoderLayer(nn.Cell):
         self.layer_norm2 = pops.LayerNorm(cfg.hidden_size, cfg.layer_norm_eps)
 
     def construct(self, x, mask):
-        x = x + self.self_attn(self.layer_norm1(x), mask)
-        return x + self.mlp(self.layer_norm2(x))
+        x = self.self_attn(self.layer_norm1(x), mask, x)  # residuals added inside the output projections
+        return self.mlp(self.layer_norm2(x), x)
 
 
 class CLIPEncoder(nn.Cell):
