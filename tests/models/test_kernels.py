@@ -519,3 +519,23 @@ def test_classic_attention_slices_equal_the_whole(monkeypatch):
     assert len(calls) >= 7
     monkeypatch.setattr(ops, "_attend", attend)
     np.testing.assert_allclose(ms.jit(sliced)(q, k, v).asnumpy(), whole, rtol=1e-6, atol=1e-6)
+
+
+def test_kernels_built_without_avx512_match_torch(tmp_path, monkeypatch):
+    """The 8-lane forms (AVX2 machines): few-row matmul tiles, attention's softmax without the AVX-512 exp."""
+    monkeypatch.setenv("PMG_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "FLAGS", kernels.FLAGS + ("-mno-avx512f",))
+    kernels.library.cache_clear()
+    try:
+        assert kernels.library() is not None and kernels.library().startswith(str(tmp_path))
+        b, t, heads, d = 2, 70, 2, 16
+        q, k, v = (rng.standard_normal((b, t, heads * d)).astype(np.float32) * 3 for _ in range(3))
+        att = ops.MultiHeadAttention(heads)
+        got = att(*(runtime.to_tensor(a) for a in (q, k, v))).asnumpy()
+        want = _mha_torch(*(torch.tensor(a) for a in (q, k, v)), heads).numpy()
+        np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max())
+        x, w = rng.standard_normal((5, 37)).astype(np.float32), rng.standard_normal((9, 37)).astype(np.float32)
+        np.testing.assert_allclose(ops.MatMulT()(runtime.to_tensor(x), runtime.to_tensor(w)).asnumpy(), x @ w.T,
+                                   rtol=1e-5, atol=1e-5)
+    finally:
+        kernels.library.cache_clear()
