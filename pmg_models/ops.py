@@ -436,8 +436,9 @@ class Conv2d(nn.Conv2d):
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, bias: bool = True):
         pad = {"pad_mode": "pad", "padding": padding} if padding else {"pad_mode": "valid"}
         super().__init__(cin, cout, kernel, stride=stride, has_bias=bias, **pad)
-        self.native = _native("Conv2d", _conv_shape, _conv_grads, _conv_bprop(bias)) if kernels.convolutions() else None
-        grad = _gradient_kernel("Conv2d", _conv_grads) if self.native is not None else None
+        # one gradient kernel for both forms (with and without a residual)
+        grad = _gradient_kernel("Conv2d", _conv_grads) if kernels.convolutions() else None
+        self.native = None if grad is None else _kernel("Conv2d", _conv_shape, bprop=_conv_bprop(bias)(grad))
         self.native_residual = (None if grad is None else
                                 _kernel("Conv2dResidual", _conv_shape, bprop=_conv_residual_bprop(grad)))
         # Stride and padding travel as the *shape* of a zero-filled tensor: MindSpore caches a Custom op's

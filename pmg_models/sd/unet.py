@@ -150,7 +150,6 @@ class Attention(nn.Cell):
     def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None, bias: bool = False):
         super().__init__()
         inner = heads * head_dim
-        self.heads, self.head_dim = heads, head_dim
         self.to_q = P.Linear(dim, inner, bias)
         self.to_k = P.Linear(context_dim or dim, inner, bias)
         self.to_v = P.Linear(context_dim or dim, inner, bias)

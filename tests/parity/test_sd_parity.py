@@ -5,7 +5,7 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from pmg_models import ops as P, runtime  # noqa: E402
+from pmg_models import runtime  # noqa: E402
 from pmg_models.sd import weights  # noqa: E402
 
 pytestmark = pytest.mark.parity
