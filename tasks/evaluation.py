@@ -194,15 +194,21 @@ def plan_jobs(pairs: Sequence[Pair], item_kw, variants: Sequence[str], k: int, b
 
 
 def reference_blocks(job: Job) -> tuple:
-    """(genres, title band) of a job's caption in the miniature world; a clear error if it names no world genre."""
+    """(genres, title band) of a job's caption in the miniature world; a clear error if it names no world genre.
+
+    A segment without genre words (a generated keyword list may drop them) is read by its style words.
+    """
     from tasks.miniworld import world
 
-    words = [w for text, _ in job.segments for w in text.split(",")]
-    genres, band = world.parse(words)
-    if not genres:
-        raise ValueError(f"--world-reference draws miniature-world captions, but {', '.join(w.strip() for w in words)!r} "
-                         "names no genre of the world; use it with the miniature world's models and warehouse")
-    return genres, band
+    words, genres = [], []
+    for text, _ in job.segments:  # the target's segment, then the preferences'
+        seg = text.split(",")
+        found = world.parse(seg)[0] or [g for g in [world.genre_by_style(seg)] if g]
+        if not found and not genres:  # the first block (the background) must come from the target
+            raise ValueError(f"--world-reference draws miniature-world captions, but {', '.join(w.strip() for w in seg)!r} "
+                             "names no genre of the world; use it with the miniature world's models and warehouse")
+        words, genres = words + seg, genres + found
+    return genres, world.parse(words)[1]
 
 
 def render_reference(job: Job, size: int) -> np.ndarray:

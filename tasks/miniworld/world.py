@@ -138,6 +138,20 @@ def poster_genres(genres: Iterable[str], max_blocks: int = 2) -> list[str]:
     return known_genres(genres)[:max_blocks] or [FALLBACK_GENRE]
 
 
+def genre_by_style(keywords: Iterable[str]) -> str | None:
+    """The genre whose background, accent and motif words a genre-less keyword list names best.
+
+    For captions that carry a genre's style words without the genre itself (a language model's
+    "black, olive, stripes" is War's block): the genre sharing the most of its three style words
+    with the list, if it shares at least two and no other genre shares as many; else None.
+    """
+    words = {k.strip().lower() for k in keywords}
+    score = {g: len(words & {s.background, s.accent, s.motif}) for g, s in STYLES.items()}
+    best = max(score.values())
+    winners = [g for g, n in score.items() if n == best]
+    return winners[0] if best >= 2 and len(winners) == 1 else None
+
+
 def block(genre: str) -> list[str]:
     """The keyword block of one genre, e.g. `["horror", "darkred", "black", "triangles"]`."""
     return STYLES[genre_of(genre)].block()

@@ -97,6 +97,12 @@ def test_world_reference_draws_the_caption_and_compares_with_its_own_baseline():
                           posters.render(["Western"], None, by[("world_baseline", 1)].seed))
     with pytest.raises(ValueError, match="names no genre of the world"):
         E.render_reference(E.plan_jobs([pair], {7: ["storm"]}, ["world_baseline"], k=1, base_seed=0)[0], 32)
+    # The target's block must give the background even when the preferences name genres.
+    with pytest.raises(ValueError, match=r"storm\" names no genre"):
+        E.render_reference(E.plan_jobs([pair], {7: ["storm"]}, ["world_keywords"], k=1, base_seed=0)[0], 32)
+    # A generated block without its genre word ("black, olive, stripes") is read by its style words.
+    war = E.plan_jobs([pair], {7: ["black", "olive", "stripes"]}, E.REFERENCE_VARIANTS, k=1, base_seed=0)
+    assert [E.reference_blocks(j)[0] for j in war] == [["War"], ["War", "Horror", "Comedy"]]
 
     rows = [{"variant": v, "user_id": 1, "target_movie_id": 7, "candidate": 0, "d_p_text": dp, "d_t_text": 40.0,
              "d_p_image": None, "d_t_image": None, "ssim_target": 0.5, "ssim_history": 0.5}

@@ -133,3 +133,12 @@ def test_a_repeated_first_block_draws_that_genre_alone():
         assert np.array_equal(posters.render(blocks, attr, 7), posters.render(blocks[:1], attr, 7))
     assert posters.sample_dataset(60, seed=4, three_genre_p=0.5).blocks == \
         posters.sample_dataset(60, seed=4, three_genre_p=0.5, repeat_first_p=0.0).blocks
+
+
+def test_genre_by_style_reads_a_block_without_its_genre_word():
+    assert world.genre_by_style(["black", "olive", "stripes"]) == "War"
+    assert world.genre_by_style([" Navy", "white "]) == "Drama"         # two of three style words suffice
+    for g in world.GENRES:                                              # every block is recognisable
+        assert world.genre_by_style(world.block(g)[1:]) == g
+    assert world.genre_by_style(["black", "triangles", "stripes"]) is None  # Horror or War: ambiguous
+    assert world.genre_by_style(["red"]) is None and world.genre_by_style(["storm"]) is None
