@@ -63,8 +63,10 @@ def _compile_unguided(unet):
 
 
 def _compile_decode(vae):
+    # [-1, 1] -> [0, 1] happens on the host: MindSpore's elementwise ops took 2-2.5 ms each on a
+    # (2, 3, 64, 64) image, NumPy a few microseconds (same float32 results).
     def decode(latents):
-        return ops.clamp(vae.decode(latents) / 2 + 0.5, 0.0, 1.0)
+        return vae.decode(latents)
     return runtime.jit(decode)
 
 
@@ -329,8 +331,8 @@ class StableDiffusion:
         out = []
         for a, b in _chunks(len(z), self.micro_batch):
             chunk = runtime.to_tensor(_pad_to(z[a:b], self.micro_batch), runtime.compute_dtype())
-            img = runtime.to_numpy(self._decode(chunk))
-            out.append(img[: b - a])
+            img = runtime.to_numpy(self._decode(chunk))[: b - a]
+            out.append(np.clip(img / np.float32(2) + np.float32(0.5), 0, 1))
         return np.concatenate(out).transpose(0, 2, 3, 1) if out else np.zeros((0, 0, 0, 3), np.float32)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
