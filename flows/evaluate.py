@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 from prefect import flow
 
+from flows import progress
 from flows.train import new_run_id, record_run, resolve_models
 from tasks import evaluation as E
 from tasks import resources
@@ -368,9 +369,14 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
     if not pairs:
         raise ValueError(f"no held-out pairs: none of the {pairset.stats['users']} users has a liked movie to hold out "
                          "and a history left; ingest more ratings")
+    bar = progress.get()
+    bar.stage("keywords", 2, "lists")  # movies' poster keywords, then users' preference keywords
     made_items = E.fill_item_keywords(lm, pairset, [p.target_movie_id for p in pairs] + E.history_movie_ids(pairs),
                                       n=n_item, style=prompt_style, seed=seed)
+    bar.advance(1)
     made_prefs = E.fill_preferences(lm, pairset, n=n_pref, style=prompt_style, seed=seed)
+    bar.advance(1)
+    bar.end_stage()
     notes.append(f"Keywords: {made_items} movies' poster keywords and {made_prefs} users' preference keywords were "
                  "generated for this run (the rest came from the warehouse).")
 
@@ -408,10 +414,13 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
     opts = {"steps": steps, "size": size, "guidance": guidance, "w_soft": w_soft, "lpips": lpips_model,
             "with_title": with_title}
     base, poster_emb = [], {}
+    bar.stage("evaluate", len(pairs), "pairs")
     for start in range(0, len(pairs), PAIR_CHUNK):  # bounded memory: images live for one chunk of pairs
         part = [j for j in jobs if start <= j.pair < start + PAIR_CHUNK]
         base += score_chunk(pipe, clip_model, pairs, item_kw, part, soft_emb, posters_dir, out_dir, run_id,
                             poster_emb, opts)
+        bar.advance(min(PAIR_CHUNK, len(pairs) - start), len(part))
+    bar.end_stage()
     if posters_dir is not None:
         missing = sum(1 for p in pairs if poster_emb.get(p.target_movie_id) is None)
         if missing:

@@ -100,9 +100,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from flows import prefect_env
+    from flows import prefect_env, progress
 
     prefect_env.configure(args.warehouse)
+    progress.install(progress.TerminalProgress())
     from flows.evaluate import evaluate_run
 
     s = evaluate_run(args.warehouse, posters=args.posters, soft_prompt=args.soft_prompt, config=args.config,

@@ -88,6 +88,8 @@ def test_train_then_evaluate_then_rerun(world, capsys):
     args = ["evaluate", "--posters", str(world["posters"]), "--soft-prompt", str(ck), "--limit-users", "2",
             "--steps", "2", "--size", "32", "--lpips-weights", str(world["base"] / "lpips.safetensors")]
     assert _pmg(world, *args) == 0
+    printed = capsys.readouterr()
+    assert "keywords" in printed.err and "2/2 lists" in printed.err and "2/2 pairs" in printed.err  # progress
     run_id = _sql(world, "SELECT run_id FROM runs WHERE flow = 'evaluate'")[0][0]
     out_dir = world["root"] / "evaluations" / run_id
     md = (out_dir / "summary.md").read_text()
@@ -99,7 +101,7 @@ def test_train_then_evaluate_then_rerun(world, capsys):
 
     with Image.open(out_dir / "pairs.png") as sheet:   # 2 pairs × (target poster, 4 variants, 3 history posters)
         assert sheet.size[0] > sheet.size[1] > 0
-    assert "grid:" in capsys.readouterr().out
+    assert "grid:" in printed.out
     summary = list(csv.DictReader(open(out_dir / "summary.csv")))
     assert [r["variant"] for r in summary] == ["baseline", "pmg", "keywords", "soft"]
     assert all(_finite(r[k]) for r in summary for k in ("mean_d_p", "mean_d_t", "mean_ssim_target", "mean_ssim_history",
