@@ -1,8 +1,8 @@
-"""Where a UNet step's time goes: per-op-type totals of ours (MindSpore profiler) and of diffusers (torch profiler).
+"""Where a UNet step's (or VAE decode's) time goes: per-op-type totals of ours (MindSpore profiler) and of diffusers (torch profiler).
 
 Same weights and inputs as bench_sd; 10 compiled steps each. Not a timed benchmark: the profilers add
 their own overhead, so compare shares, not totals, with bench_sd's numbers.
-Run: .venv/bin/python -m bench.profile_sd [--config small|tiny] [--batch 2] [--steps 10]
+Run: .venv/bin/python -m bench.profile_sd [--config small|tiny] [--part unet|vae] [--batch 2] [--steps 10]
 """
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ def table(title: str, rows: dict, top: int = 12) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="small", choices=["small", "tiny"])
+    parser.add_argument("--part", default="unet", choices=["unet", "vae"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
@@ -69,7 +70,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         ref = build(args.config, Path(tmp))
-        ours = StableDiffusion.from_pretrained(tmp, micro_batch=max(1, args.batch // 2))
+        ours = StableDiffusion.from_pretrained(tmp, micro_batch=args.batch if args.part == "vae" else max(1, args.batch // 2))
         rng = np.random.default_rng(0)
         x = rng.standard_normal((args.batch, 4, LATENT, LATENT)).astype(np.float32)
         ctx = rng.standard_normal((args.batch, 77, ours.text_width)).astype(np.float32)
@@ -77,8 +78,13 @@ def main() -> None:
         x_ms, c_ms, t_ms = runtime.to_tensor(x), runtime.to_tensor(ctx), runtime.to_tensor(t)
         xt, ct, tt = torch.from_numpy(x), torch.from_numpy(ctx), torch.from_numpy(t)
 
+        z = x / ours.vae.config.scaling_factor
+
         def mine():
-            runtime.to_numpy(ours._plain(x_ms, t_ms, c_ms))
+            if args.part == "vae":
+                ours.decode_float(x)
+            else:
+                runtime.to_numpy(ours._plain(x_ms, t_ms, c_ms))
 
         for _ in range(3):
             mine()  # compile and warm up
@@ -87,7 +93,10 @@ def main() -> None:
         print(table("MindSpore op type", rows), "\n")
         with torch.inference_mode():
             def theirs():
-                ref.unet(xt, tt, ct)
+                if args.part == "vae":
+                    ref.vae.decode(torch.from_numpy(z))
+                else:
+                    ref.unet(xt, tt, ct)
             for _ in range(3):
                 theirs()
             print(table("aten op (self time)", torch_by_name(theirs, args.steps)))
