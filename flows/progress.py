@@ -21,8 +21,9 @@ class Progress:
 class TerminalProgress(Progress):
     """`generate   40/120 pairs  160 images  2.1 pairs/s  ETA 0:38` on stderr, redrawn in place."""
 
-    def __init__(self, stream=sys.stderr, min_interval_s: float = 0.2):
-        self.stream, self.min_interval = stream, min_interval_s
+    def __init__(self, stream=None, min_interval_s: float = 0.2):
+        # sys.stderr looked up now, not at import: it may have been replaced since (capture, redirection)
+        self.stream, self.min_interval = stream or sys.stderr, min_interval_s
         self.name, self.total, self.unit = "", 0, ""
         self.done = self.images = self.failed = 0
         self.started = self.last_draw = 0.0
