@@ -403,6 +403,70 @@ def _dense_residual_bprop(x, w, bias, residual, out, dout):
     return *_linear_grads(x, w, dout), dout.sum(0), dout
 
 
+class PlanesToTokens(nn.Cell):
+    """A 1x1 projection from NCHW planes to tokens: x (B, C, H, W), w (O, C), bias (O) -> (B, H*W, O).
+
+    Native: the sgemm reads the planes transposed in place, so the layout change is not a pass of its
+    own (the spatial transformers and the VAE attention moved every activation twice). Classic: a
+    transpose, then the linear.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _kernel("DenseToTokens", _to_tokens_shape, bprop=_to_tokens_bprop)
+        self.matmul_t = MatMulT()
+
+    def construct(self, x, w, bias):
+        b, c, h, wd = x.shape
+        x = x.reshape(b, c, h * wd)
+        if self.kernel is not None:
+            return self.kernel(x, w, bias)
+        return self.matmul_t(x.transpose(0, 2, 1).reshape(-1, c), w, bias).reshape(b, h * wd, w.shape[0])
+
+
+class TokensToPlanes(nn.Cell):
+    """A 1x1 projection from tokens back to NCHW planes plus a residual: t (B, H*W, I), w (O, I), bias (O),
+    residual (B, O, H, W) -> residual + projection, shaped like the residual.
+
+    Native: bias and residual are written into the output, which the sgemm then adds the transposed
+    product to. Classic: the linear, a transpose, an add.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _kernel("DenseToPlanes", _to_planes_shape, bprop=_to_planes_bprop)
+        self.matmul_t = MatMulT()
+
+    def construct(self, t, w, bias, residual):
+        b, o, h, wd = residual.shape
+        if self.kernel is not None:
+            return self.kernel(t, w, bias, residual.reshape(b, o, h * wd)).reshape(b, o, h, wd)
+        y = self.matmul_t(t.reshape(-1, t.shape[-1]), w, bias).reshape(b, h, wd, o).transpose(0, 3, 1, 2)
+        return y + residual
+
+
+def _to_tokens_shape(x, w, *_):
+    return x[0], x[2], w[0]
+
+
+def _to_planes_shape(t, w, *_):
+    return t[0], w[0], t[1]
+
+
+def _to_tokens_bprop(x, w, bias, out, dout):
+    b, c, n = x.shape
+    d2 = dout.reshape(-1, dout.shape[-1])
+    dxt, dw = _linear_grads(x.transpose(0, 2, 1).reshape(-1, c), w, d2)
+    return dxt.reshape(b, n, c).transpose(0, 2, 1), dw, d2.sum(0)
+
+
+def _to_planes_bprop(t, w, bias, residual, out, dout):
+    b, n, i = t.shape
+    d2 = dout.transpose(0, 2, 1).reshape(-1, dout.shape[1])
+    dt, dw = _linear_grads(t.reshape(-1, i), w, d2)
+    return dt.reshape(b, n, i), dw, d2.sum(0), dout
+
+
 class Linear(nn.Dense):
     """A torch-style dense layer (`weight` (out, in), `bias`) on inputs of any rank; `residual` (the
     output's shape) is added to the result, inside the matmul kernel where there is one.

@@ -877,6 +877,62 @@ int dense(int nparam, void **params, int *ndims, int64_t **shapes) {
   return 0;
 }
 
+// --- 1x1 projections between NCHW planes and (B, HW, C) tokens (the UNet's spatial transformers, the VAE's
+// attention): the sgemm reads or writes the transposed operand in place, so neither the layout change nor
+// the residual add is a pass of its own. Tokens of an image are split in fixed blocks of 256, so a row's
+// result does not depend on the batch.
+constexpr int64_t kPlaneBlock = 256;
+
+// x: (B, I, T) planes, w: (O, I), bias: (O) -> y: (B, T, O) tokens.
+int dense_to_tokens(int nparam, void **params, int *ndims, int64_t **shapes) {
+  const sgemm_t gemm = sgemm();
+  if (nparam != 4 || ndims[0] != 3 || ndims[1] != 2 || gemm == nullptr) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  const float *b = static_cast<const float *>(params[2]);
+  float *y = static_cast<float *>(params[3]);
+  const int64_t B = shapes[0][0], I = shapes[0][1], T = shapes[0][2], O = shapes[1][0];
+  if (shapes[1][1] != I || shapes[2][0] != O) return 1;
+  const int64_t blocks = (T + kPlaneBlock - 1) / kPlaneBlock, items = B * blocks;
+  const int n = static_cast<int>(std::clamp<int64_t>(2 * B * T * I * O >> 21, 1, std::min<int64_t>(n_threads(), items)));
+  run_threads(n, [&](int t) {
+    for (int64_t item = items * t / n; item < items * (t + 1) / n; ++item) {
+      const int64_t img = item / blocks, t0 = item % blocks * kPlaneBlock, m = std::min(kPlaneBlock, T - t0);
+      float *yb = y + (img * T + t0) * O;
+      for (int64_t r = 0; r < m; ++r) std::memcpy(yb + r * O, b, sizeof(float) * O);
+      gemm('T', 'T', m, O, I, 1.f, x + img * I * T + t0, T, w, I, 1.f, yb, O);
+    }
+  });
+  return 0;
+}
+
+// x: (B, T, I) tokens, w: (O, I), bias: (O), residual: (B, O, T) -> y: (B, O, T) planes.
+int dense_to_planes(int nparam, void **params, int *ndims, int64_t **shapes) {
+  const sgemm_t gemm = sgemm();
+  if (nparam != 5 || ndims[0] != 3 || ndims[1] != 2 || ndims[3] != 3 || gemm == nullptr) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  const float *b = static_cast<const float *>(params[2]);
+  const float *res = static_cast<const float *>(params[3]);
+  float *y = static_cast<float *>(params[4]);
+  const int64_t B = shapes[0][0], T = shapes[0][1], I = shapes[0][2], O = shapes[1][0];
+  if (shapes[1][1] != I || shapes[2][0] != O || shapes[3][0] != B || shapes[3][1] != O || shapes[3][2] != T) return 1;
+  const int64_t blocks = (T + kPlaneBlock - 1) / kPlaneBlock, items = B * blocks;
+  const int n = static_cast<int>(std::clamp<int64_t>(2 * B * T * I * O >> 21, 1, std::min<int64_t>(n_threads(), items)));
+  run_threads(n, [&](int t) {
+    for (int64_t item = items * t / n; item < items * (t + 1) / n; ++item) {
+      const int64_t img = item / blocks, t0 = item % blocks * kPlaneBlock, m = std::min(kPlaneBlock, T - t0);
+      float *yb = y + img * O * T + t0;
+      const float *rb = res + img * O * T + t0;
+      for (int64_t o = 0; o < O; ++o) {
+        for (int64_t j = 0; j < m; ++j) yb[o * T + j] = rb[o * T + j] + b[o];
+      }
+      gemm('N', 'T', O, m, I, 1.f, w, I, x + (img * T + t0) * I, I, 1.f, yb, T);
+    }
+  });
+  return 0;
+}
+
 // Softmax row helpers for the attention below. GCC vectorises neither a std::max reduction nor (beyond
 // 8 lanes, through libmvec calls) std::exp, and at head dims of 16-64 those two passes cost as much as
 // both matrix products: 0.55 ns a score against 0.1 with the AVX-512 forms.
@@ -990,6 +1046,12 @@ int Dense(int np, void **p, int *nd, int64_t **s, const char **, void *, void *)
 // The same plus a residual: a second name, because MindSpore keeps one bprop per Custom op name.
 int DenseResidual(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
   return dense(np, p, nd, s);
+}
+int DenseToTokens(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
+  return dense_to_tokens(np, p, nd, s);
+}
+int DenseToPlanes(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
+  return dense_to_planes(np, p, nd, s);
 }
 int Attention(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) { return attention(np, p, nd, s); }
 int CacheAttention(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {

@@ -220,24 +220,18 @@ class Transformer2DModel(nn.Cell):
         self.transformer_blocks = nn.CellList(
             [BasicTransformerBlock(channels, heads, head_dim, context_dim, only_cross) for _ in range(layers)])
         self.proj_out = P.Linear(channels, channels) if linear else P.Conv2d(channels, channels, 1)
+        # both projections act per position, so a 1x1 conv and a linear are the same product: the layout
+        # change between planes and tokens (and the residual) goes inside them
+        self.to_tokens = P.PlanesToTokens()
+        self.to_planes = P.TokensToPlanes()
 
     def construct(self, x, context):
-        b, c, h, w = x.shape
-        res = x
-        x = self.norm(x)
-        if not self.linear:
-            x = self.proj_in(x)
-        x = x.transpose(0, 2, 3, 1).reshape(b, h * w, c)  # (B, HW, C)
-        if self.linear:
-            x = self.proj_in(x)
+        c = x.shape[1]
+        w_in, w_out = self.proj_in.weight.reshape(c, c), self.proj_out.weight.reshape(c, c)
+        t = self.to_tokens(self.norm(x), w_in, self.proj_in.bias)  # (B, HW, C)
         for block in self.transformer_blocks:
-            x = block(x, context)
-        if self.linear:
-            x = self.proj_out(x)
-        x = x.reshape(b, h, w, c).transpose(0, 3, 1, 2)
-        if not self.linear:
-            x = self.proj_out(x)
-        return x + res
+            t = block(t, context)
+        return self.to_planes(t, w_out, self.proj_out.bias, x)
 
 
 class Downsample2D(nn.Cell):

@@ -65,12 +65,14 @@ class SpatialAttention(nn.Cell):
         self.to_v = P.Linear(channels, channels)
         self.to_out = nn.CellList([P.Linear(channels, channels)])
         self.attend = P.MultiHeadAttention(1)
+        self.to_tokens = P.PlanesToTokens()   # projections read the planes and write them back in place
+        self.to_planes = P.TokensToPlanes()
 
     def construct(self, x):
-        b, c, h, w = x.shape
-        t = self.group_norm(x).reshape(b, c, h * w).transpose(0, 2, 1)   # (B, HW, C)
-        out = self.to_out[0](self.attend(self.to_q(t), self.to_k(t), self.to_v(t)))
-        return out.transpose(0, 2, 1).reshape(b, c, h, w) + x
+        n = self.group_norm(x)
+        q, k, v = (self.to_tokens(n, proj.weight, proj.bias) for proj in (self.to_q, self.to_k, self.to_v))
+        out = self.to_out[0]
+        return self.to_planes(self.attend(q, k, v), out.weight, out.bias, x)
 
 
 class MidBlock2D(nn.Cell):

@@ -63,6 +63,7 @@ def test_native_kernels_are_built_and_used_on_cpu():
     assert ops.RMSNorm(8).kernel is not None and ops.SwiGLU().kernel is not None
     assert ops.Softmax().grad is not None
     assert kernels.convolutions() and ops.Conv2d(2, 3, 3).native is not None
+    assert ops.PlanesToTokens().kernel is not None and ops.TokensToPlanes().kernel is not None
 
 
 @pytest.mark.parametrize("silu", [False, True])
@@ -539,3 +540,58 @@ def test_kernels_built_without_avx512_match_torch(tmp_path, monkeypatch):
                                    rtol=1e-5, atol=1e-5)
     finally:
         kernels.library.cache_clear()
+
+
+PLANES = [(2, 6, 5, 7, 9), (1, 16, 24, 12, 30), (3, 8, 4, 1, 1)]   # (B, C, H, W, O); 360 tokens: two blocks
+
+
+@pytest.mark.parametrize("case", PLANES, ids=lambda c: "b{}c{}h{}w{}o{}".format(*c))
+@pytest.mark.parametrize("native", [True, False], ids=["native", "classic"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_projections_between_planes_and_tokens(case, native, compiled):
+    """(B, C, H, W) -> tokens (B, HW, O) -> planes (B, C, H, W) + residual, vs torch, with every gradient."""
+    b, c, h, w, o = case
+    x = rng.standard_normal((b, c, h, w)).astype(np.float32)
+    w_in, w_out = rng.standard_normal((o, c)).astype(np.float32), rng.standard_normal((c, o)).astype(np.float32)
+    b_in, b_out = rng.standard_normal(o).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    res, dout = (rng.standard_normal((b, c, h, w)).astype(np.float32) for _ in range(2))
+    to_tokens, to_planes = ops.PlanesToTokens(), ops.TokensToPlanes()
+    if not native:
+        to_tokens.kernel = to_planes.kernel = None
+    assert native == (to_tokens.kernel is not None) == (to_planes.kernel is not None)
+
+    def forward(x, wi, bi, wo, bo, r):
+        t = to_tokens(x, wi, bi)
+        return t, to_planes(t * t, wo, bo, r)   # a nonlinearity between, so dt and dx differ in form
+
+    def loss(*args):
+        return (forward(*args)[1] * runtime.to_tensor(dout)).sum()
+
+    fn = ms.value_and_grad(loss, tuple(range(6)))
+    args = [runtime.to_tensor(a) for a in (x, w_in, b_in, w_out, b_out, res)]
+    _, grads = (ms.jit(fn) if compiled else fn)(*args)
+    tokens, planes = (ms.jit(forward) if compiled else forward)(*args)
+    ts = [torch.tensor(a, requires_grad=True) for a in (x, w_in, b_in, w_out, b_out, res)]
+    t_ref = torch.nn.functional.linear(ts[0].flatten(2).transpose(1, 2), ts[1], ts[2])
+    p_ref = torch.nn.functional.linear(t_ref * t_ref, ts[3], ts[4]).transpose(1, 2).reshape(b, c, h, w) + ts[5]
+    (p_ref * torch.tensor(dout)).sum().backward()
+    names = ["tokens", "planes", "dx", "dw_in", "db_in", "dw_out", "db_out", "dresidual"]
+    ours = [tokens.asnumpy(), planes.asnumpy(), *(g.asnumpy() for g in grads)]
+    for name, a, want in zip(names, ours, [t_ref.detach().numpy(), p_ref.detach().numpy(),
+                                           *(t.grad.numpy() for t in ts)]):
+        np.testing.assert_allclose(a, want, atol=2e-5 * max(1.0, float(np.abs(want).max())), err_msg=name)
+
+
+def test_projections_between_planes_and_tokens_are_batch_independent():
+    x, res = (rng.standard_normal((3, 16, 20, 20)).astype(np.float32) for _ in range(2))
+    w, bias = rng.standard_normal((16, 16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    to_tokens, to_planes = ops.PlanesToTokens(), ops.TokensToPlanes()
+
+    def run(lo, hi):
+        t = to_tokens(runtime.to_tensor(x[lo:hi]), runtime.to_tensor(w), runtime.to_tensor(bias))
+        return t.asnumpy(), to_planes(t, runtime.to_tensor(w), runtime.to_tensor(bias),
+                                      runtime.to_tensor(res[lo:hi])).asnumpy()
+
+    full = run(0, 3)
+    for lo, hi in [(1, 2), (2, 3)]:
+        assert all(np.array_equal(a, f[lo:hi]) for a, f in zip(run(lo, hi), full))
