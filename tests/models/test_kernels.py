@@ -208,8 +208,9 @@ def test_conv2d(path, case, compiled):
     _check(_grads(conv, x, dout, compiled), _torch_grads(ref, x, dout, params), 1e-5)
 
 
-@pytest.mark.parametrize("case", [(3, 5, 7, 9, 3, 1, 1), (2, 6, 4, 8, 1, 1, 0), (2, 300, 9, 20, 3, 1, 1)],
-                         ids=["3x3", "1x1", "2chunks"])
+@pytest.mark.parametrize("case", [(3, 5, 7, 9, 3, 1, 1), (2, 6, 4, 8, 1, 1, 0), (2, 300, 9, 20, 3, 1, 1),
+                                  (1, 64, 64, 32, 3, 1, 1)],
+                         ids=["3x3", "1x1", "2chunks", "split-for-threads"])
 @pytest.mark.parametrize("compiled", [False, True])
 def test_conv2d_shift_and_residual(path, case, compiled):
     """conv(x) + bias + shift[:, :, None, None] + residual, as the UNet's ResNet blocks use it."""
@@ -262,6 +263,10 @@ def test_native_conv2d_is_batch_independent_and_repeatable():
     full = conv(runtime.to_tensor(x)).asnumpy()
     assert np.array_equal(full, conv(runtime.to_tensor(x)).asnumpy())
     assert np.array_equal(full[3:4], conv(runtime.to_tensor(x[3:4])).asnumpy())
+    conv = ops.Conv2d(64, 64, 3, 1, 1)   # one chunk's worth of rows, split in two for the threads
+    x = rng.standard_normal((3, 64, 32, 32)).astype(np.float32)
+    full = conv(runtime.to_tensor(x)).asnumpy()
+    assert np.array_equal(full[1:2], conv(runtime.to_tensor(x[1:2])).asnumpy())
 
 
 @pytest.mark.parametrize("bias", [True, False])
