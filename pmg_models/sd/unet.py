@@ -214,7 +214,6 @@ class Transformer2DModel(nn.Cell):
                  linear: bool, only_cross: bool):
         super().__init__()
         head_dim = channels // heads
-        self.linear = linear
         self.norm = P.GroupNorm(groups, channels, 1e-6)
         self.proj_in = P.Linear(channels, channels) if linear else P.Conv2d(channels, channels, 1)
         self.transformer_blocks = nn.CellList(
