@@ -203,7 +203,9 @@ def reference_blocks(job: Job) -> tuple:
     words, genres = [], []
     for text, _ in job.segments:  # the target's segment, then the preferences'
         seg = text.split(",")
-        found = world.parse(seg)[0] or [g for g in [world.genre_by_style(seg)] if g]
+        found = world.parse(seg)[0]
+        if not found and (style := world.genre_by_style(seg)):
+            found = [style]
         if not found and not genres:  # the first block (the background) must come from the target
             raise ValueError(f"--world-reference draws miniature-world captions, but {', '.join(w.strip() for w in seg)!r} "
                              "names no genre of the world; use it with the miniature world's models and warehouse")

@@ -397,6 +397,12 @@ int n_threads() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+// Threads for a job split into `parts` independent parts that is worth `wanted` threads: at least one,
+// at most one per core and per part.
+int threads_for(int64_t wanted, int64_t parts) {
+  return static_cast<int>(std::clamp<int64_t>(wanted, 1, std::min<int64_t>(n_threads(), parts)));
+}
+
 // Workers that sleep on a condition variable between jobs (no spinning: spinning threads took the cores
 // from MindSpore's own pool). One job at a time; a caller that finds the pool busy (MindSpore may run
 // two kernels at once) runs every part itself. Parts are fixed by index, so results never depend on
@@ -499,7 +505,7 @@ int group_norm(int nparam, void **params, int *ndims, int64_t **shapes) {
   float *y = static_cast<float *>(params[4]);
   const int64_t B = shapes[0][0], G = shapes[0][1], Cg = shapes[0][2], HW = shapes[0][3];
   const int64_t n = Cg * HW, rows = B * G;
-  const int T = static_cast<int>(std::clamp<int64_t>(rows * n >> 17, 1, std::min<int64_t>(n_threads(), rows)));
+  const int T = threads_for(rows * n >> 17, rows);
   run_threads(T, [&](int t) {
     for (int64_t r = rows * t / T; r < rows * (t + 1) / T; ++r) {
       const float *xr = x + r * n;
@@ -546,7 +552,7 @@ Geom geometry(int64_t **shapes) {
 // computing 16 MFLOP on small maps; measured on 8x8 to 32x32 maps), at most one per core.
 int threads(const Geom &g, int64_t items) {
   const int64_t flops = 2 * g.B * g.O * g.K * g.L;
-  return static_cast<int>(std::clamp<int64_t>(std::min<int64_t>(flops >> 24, items), 1, n_threads()));
+  return threads_for(flops >> 24, items);
 }
 
 // Output columns ow in [*lo, *hi) read input column ow*s - p + j inside [0, W).
@@ -809,7 +815,7 @@ int linear_rows(int nparam, void **params, int *ndims, int64_t **shapes) {
   for (int64_t r = 0; r < M; ++r) std::memcpy(xs.data() + r * ld, x + r * I, sizeof(float) * I);
   const int64_t tiles = (O + kTileW - 1) / kTileW;
   // A second thread pays off from ~1 MB of weights (its start costs ~20-40 us).
-  const int T = static_cast<int>(std::clamp<int64_t>(O * I >> 18, 1, std::min<int64_t>(n_threads(), tiles)));
+  const int T = threads_for(O * I >> 18, tiles);
   run_threads(T, [&](int t) {
     float out[4][kTileW];
     const float *rows[kTileW];
@@ -851,7 +857,7 @@ int cache_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
   const int64_t stride = B * G * D;  // from one slot to the next
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const int64_t items = B * G;
-  const int T = static_cast<int>(std::clamp<int64_t>(items * S * D >> 16, 1, std::min<int64_t>(n_threads(), items)));
+  const int T = threads_for(items * S * D >> 16, items);
   run_threads(T, [&](int t) {
     std::vector<int64_t> open;
     std::vector<float> p;
@@ -908,7 +914,7 @@ int dense(int nparam, void **params, int *ndims, int64_t **shapes) {
   const int64_t M = shapes[0][0], I = shapes[0][1], O = shapes[1][0];
   if (shapes[1][1] != I || shapes[2][0] != O) return 1;
   const int64_t blocks = (M + 15) / 16;
-  const int T = static_cast<int>(std::clamp<int64_t>(2 * M * I * O >> 21, 1, std::min<int64_t>(n_threads(), blocks)));
+  const int T = threads_for(2 * M * I * O >> 21, blocks);
   run_threads(T, [&](int t) {
     const int64_t r0 = std::min(M, blocks * t / T * 16), r1 = std::min(M, blocks * (t + 1) / T * 16);
     if (r0 == r1) return;
@@ -943,7 +949,7 @@ int dense_to_tokens(int nparam, void **params, int *ndims, int64_t **shapes) {
   const int64_t B = shapes[0][0], I = shapes[0][1], T = shapes[0][2], O = shapes[1][0];
   if (shapes[1][1] != I || shapes[2][0] != O) return 1;
   const int64_t blocks = (T + kPlaneBlock - 1) / kPlaneBlock, items = B * blocks;
-  const int n = static_cast<int>(std::clamp<int64_t>(2 * B * T * I * O >> 21, 1, std::min<int64_t>(n_threads(), items)));
+  const int n = threads_for(2 * B * T * I * O >> 21, items);
   run_threads(n, [&](int t) {
     for (int64_t item = items * t / n; item < items * (t + 1) / n; ++item) {
       const int64_t img = item / blocks, t0 = item % blocks * kPlaneBlock, m = std::min(kPlaneBlock, T - t0);
@@ -967,7 +973,7 @@ int dense_to_planes(int nparam, void **params, int *ndims, int64_t **shapes) {
   const int64_t B = shapes[0][0], T = shapes[0][1], I = shapes[0][2], O = shapes[1][0];
   if (shapes[1][1] != I || shapes[2][0] != O || shapes[3][0] != B || shapes[3][1] != O || shapes[3][2] != T) return 1;
   const int64_t blocks = (T + kPlaneBlock - 1) / kPlaneBlock, items = B * blocks;
-  const int n = static_cast<int>(std::clamp<int64_t>(2 * B * T * I * O >> 21, 1, std::min<int64_t>(n_threads(), items)));
+  const int n = threads_for(2 * B * T * I * O >> 21, items);
   run_threads(n, [&](int t) {
     for (int64_t item = items * t / n; item < items * (t + 1) / n; ++item) {
       const int64_t img = item / blocks, t0 = item % blocks * kPlaneBlock, m = std::min(kPlaneBlock, T - t0);
@@ -1045,7 +1051,7 @@ int attention(int nparam, void **params, int *ndims, int64_t **shapes) {
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const int64_t items = B * H * blocks;
   const int64_t flops = 4 * B * H * Tq * Tk * D;
-  const int T = static_cast<int>(std::clamp<int64_t>(flops >> 24, 1, std::min<int64_t>(n_threads(), items)));
+  const int T = threads_for(flops >> 24, items);
   run_threads(T, [&](int t) {
     std::vector<float> s(QB * Tk), inv(QB);
     for (int64_t item = items * t / T; item < items * (t + 1) / T; ++item) {
