@@ -84,6 +84,17 @@ def test_group_norm(path, silu, compiled):
     _check(_grads(gn, x, dout, compiled), _torch_grads(ref, x, dout, [w, b]), 2e-5)
 
 
+def test_group_norm_split_over_threads_matches_torch_and_is_batch_independent():
+    """Above ~128K values the groups are split over the kernel pool's threads."""
+    x = (rng.standard_normal((2, 64, 64, 64)) * 2 - 1).astype(np.float32)
+    gn = ops.GroupNorm(32, 64, eps=1e-6, silu=True)
+    assert gn.kernel is not None
+    full = gn(runtime.to_tensor(x)).asnumpy()
+    want = torch.nn.functional.silu(torch.nn.functional.group_norm(torch.tensor(x), 32, eps=1e-6)).numpy()
+    np.testing.assert_allclose(full, want, atol=2e-5)
+    assert np.array_equal(gn(runtime.to_tensor(x[1:])).asnumpy(), full[1:])
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_layer_norm(path, compiled):
     x = (rng.standard_normal((2, 7, 48)) * 2 - 1).astype(np.float32)
@@ -528,7 +539,8 @@ def test_classic_attention_slices_equal_the_whole(monkeypatch):
 
 
 def test_kernels_built_without_avx512_match_torch(tmp_path, monkeypatch):
-    """The 8-lane forms (AVX2 machines): few-row matmul tiles, attention's softmax without the AVX-512 exp."""
+    """The 8-lane forms (AVX2 machines): few-row matmul tiles, attention's softmax and GroupNorm's SiLU
+    without the AVX-512 exp."""
     monkeypatch.setenv("PMG_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setattr(kernels, "FLAGS", kernels.FLAGS + ("-mno-avx512f",))
     kernels.library.cache_clear()
@@ -543,6 +555,10 @@ def test_kernels_built_without_avx512_match_torch(tmp_path, monkeypatch):
         x, w = rng.standard_normal((5, 37)).astype(np.float32), rng.standard_normal((9, 37)).astype(np.float32)
         np.testing.assert_allclose(ops.MatMulT()(runtime.to_tensor(x), runtime.to_tensor(w)).asnumpy(), x @ w.T,
                                    rtol=1e-5, atol=1e-5)
+        x = rng.standard_normal((2, 8, 5, 7)).astype(np.float32) * 3
+        want = torch.nn.functional.silu(torch.nn.functional.group_norm(torch.tensor(x), 4, eps=1e-6)).numpy()
+        np.testing.assert_allclose(ops.GroupNorm(4, 8, 1e-6, silu=True)(runtime.to_tensor(x)).asnumpy(), want,
+                                   atol=2e-5)   # the scalar SiLU
     finally:
         kernels.library.cache_clear()
 
