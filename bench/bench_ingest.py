@@ -4,7 +4,7 @@
 Each side runs in its own fresh subprocess (so peak RSS is its own) on its own fresh warehouse. The
 synthetic dataset is generated once per scale and cached. Prints Markdown rows on stdout.
 
-Run: .venv/bin/python -m bench.bench_ingest [--scale small|25m|N] [--data DIR] [--repeats 1]
+Run: .venv/bin/python -m bench.bench_ingest [--scale small|25m|32m|N] [--data DIR] [--repeats 1]
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SCALES = {  # name -> (users, movies, ratings): ml-latest-small and ml-25m shapes
+SCALES = {  # name -> (users, movies, ratings): ml-latest-small, ml-25m and ml-32m shapes
     "small": (610, 9742, 100_836),
     "25m": (162_541, 62_423, 25_000_095),
+    "32m": (200_948, 87_585, 32_000_204),
 }
 BARE = """
 import duckdb, json, resource, sys, time
@@ -65,7 +66,7 @@ def dataset(scale: str, data: Path) -> tuple[Path, tuple[int, int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", default="small", help="small, 25m, or a number of ratings")
+    parser.add_argument("--scale", default="small", help="small, 25m, 32m, or a number of ratings")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "pmg-bench-data")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()

@@ -54,6 +54,19 @@ def read_ids(path: Path | str, columns: tuple[str, ...]) -> pd.DataFrame:
         raise ValueError(f"{path}: columns {', '.join(columns)} must hold integer ids") from None
 
 
+def check_request(targets: str | None, movies: list[int] | None, users_file=None,
+                  limit: int | None = None) -> None:
+    """Argument checks that need no warehouse, so the CLI can refuse a bad request before starting Prefect."""
+    if bool(targets) == bool(movies):
+        raise ValueError("choose the targets: --movie ID[,ID] or --targets holdout|FILE (exactly one)")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit-users must be at least 1, got {limit}")
+    if targets and targets != "holdout":
+        read_ids(targets, ("user_id", "movie_id"))
+    if users_file:
+        read_ids(users_file, ("user_id",))
+
+
 def select_users(con, users_file=None, limit: int | None = None) -> list[int]:
     """Rated users, optionally only those in `users_file`, then the first `limit` by id."""
     users = [r[0] for r in con.execute(sql("pipeline_users")).fetchall()]
@@ -73,8 +86,7 @@ def select_users(con, users_file=None, limit: int | None = None) -> list[int]:
 
 def select_targets(con, users: list[int], targets: str | None = None, movies: list[int] | None = None) -> Selection:
     """Pairs for `users`: holdout, a FILE of (user_id, movie_id), or `movies` for every user."""
-    if bool(targets) == bool(movies):
-        raise ValueError("choose the targets: --movie ID[,ID] or --targets holdout|FILE (exactly one)")
+    check_request(targets, movies)
     if movies:
         _check_movies(con, movies)
         return Selection(users, [(u, m) for u in users for m in movies])

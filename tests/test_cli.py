@@ -34,3 +34,23 @@ def test_every_contract_command_is_registered():
     commands = set(parser._subparsers._group_actions[0].choices)
     for name in ("models",):
         assert name in commands
+
+
+def test_a_bad_backfill_or_nightly_request_is_refused_before_prefect_starts(tmp_path):
+    """Prefect's start-up takes seconds: argument mistakes are reported before it (and without models)."""
+    cases = {
+        ("backfill", "--limit-users", "2"): "choose the targets",
+        ("backfill", "--targets", "holdout", "--movie", "1"): "choose the targets",
+        ("backfill", "--targets", str(tmp_path / "pairs.csv")): "pairs.csv does not exist",
+        ("backfill", "--targets", "holdout", "--users", str(tmp_path / "u.csv")): "u.csv does not exist",
+        ("backfill", "--targets", "holdout", "--limit-users", "0"): "--limit-users must be at least 1",
+        ("nightly", "--source", str(tmp_path / "ml")): "does not exist; give a MovieLens directory",
+    }
+    code = ("import sys, flows.cli as c; rc = c.main(sys.argv[1:]); "
+            "print('prefect' in sys.modules, 'mindspore' in sys.modules); sys.exit(rc)")
+    for args, message in cases.items():
+        out = subprocess.run([sys.executable, "-c", code, "--warehouse", str(tmp_path / "wh"), *args],
+                             capture_output=True, text=True)
+        assert out.returncode == 1, (args, out.stderr)
+        assert message in out.stderr and out.stderr.startswith("pmg: error: "), (args, out.stderr)
+        assert out.stdout.split() == ["False", "False"], (args, out.stdout)

@@ -192,15 +192,21 @@ def record(con: duckdb.DuckDBPyConnection, ingest_id: int, source: str, source_s
 @contextlib.contextmanager
 def source_files(source: Path) -> Iterator[dict[str, Path]]:
     """Paths of the four MovieLens files in a directory or zip (zips are extracted to a temp dir)."""
-    if not source.exists():
-        raise WarehouseError(f"{source} does not exist; give a MovieLens directory or .zip")
+    check_source(source)
     if source.is_dir():
         yield find_in_dir(source)
         return
-    if not zipfile.is_zipfile(source):
-        raise WarehouseError(f"{source} is neither a directory nor a readable zip file")
     with tempfile.TemporaryDirectory(prefix="pmg-ingest-") as tmp:
         yield extract(source, Path(tmp))
+
+
+def check_source(source: Path | str) -> None:
+    """The source must be an existing directory or a readable zip file."""
+    source = Path(source)
+    if not source.exists():
+        raise WarehouseError(f"{source} does not exist; give a MovieLens directory or .zip")
+    if not source.is_dir() and not zipfile.is_zipfile(source):
+        raise WarehouseError(f"{source} is neither a directory nor a readable zip file")
 
 
 def find_in_dir(directory: Path) -> dict[str, Path]:

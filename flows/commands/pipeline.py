@@ -97,16 +97,21 @@ def _run_flow(root: Path, debug: bool, fn, **kwargs) -> dict:
 def cmd_backfill(args) -> int:
     root = Path(args.warehouse)
     started = time.monotonic()
+    request = dict(targets=args.targets, movies=args.movie, users_file=args.users_file, limit_users=args.limit_users,
+                   candidates=args.candidates, alpha=args.alpha, steps=args.steps, height=args.height,
+                   width=args.width, seed=args.seed, chunk_size=args.chunk_size)
+    # Refuse a bad request in a fraction of a second, not after Prefect's start-up (the flow checks again).
+    from flows import settings
+    from tasks import targets
+    targets.check_request(args.targets, args.movie, args.users_file, args.limit_users)
+    settings.resolve(root, request, args.config)
     from flows import prefect_env
     prefect_env.configure(root, quiet=not args.debug)
     from flows.backfill import backfill
     from flows.dask_runner import task_runner_for
 
     flow = backfill.with_options(task_runner=task_runner_for(args.runner, args.dask_address, args.dask_workers))
-    result = _run_flow(root, args.debug, flow, warehouse=str(root), targets=args.targets, movies=args.movie,
-                       users_file=args.users_file, limit_users=args.limit_users, candidates=args.candidates,
-                       alpha=args.alpha, steps=args.steps, height=args.height, width=args.width, seed=args.seed,
-                       chunk_size=args.chunk_size, config=args.config)
+    result = _run_flow(root, args.debug, flow, warehouse=str(root), config=args.config, **request)
     print_summary(result, root, time.monotonic() - started)
     return 0
 
@@ -114,6 +119,9 @@ def cmd_backfill(args) -> int:
 def cmd_nightly(args) -> int:
     root = Path(args.warehouse)
     started = time.monotonic()
+    if args.source:  # before Prefect's start-up, as backfill's checks
+        from warehouse.ingest import check_source
+        check_source(args.source)
     from flows import prefect_env
     prefect_env.configure(root, quiet=not args.debug)
     from flows.nightly import nightly
