@@ -60,7 +60,8 @@ def check_world_size(size: int) -> None:
 
 def headline_alpha(alphas: Sequence[float], alpha: float) -> tuple[list[float], float]:
     """The sweep (with `alpha` added unless a value within 1e-3 is already in it) and the summary's α."""
-    alphas = sorted(dict.fromkeys(float(a) for a in alphas))
+    alphas = sorted(dict.fromkeys(scoring.check_alpha(float(a)) for a in alphas))
+    alpha = scoring.check_alpha(float(alpha))
     near = [a for a in alphas if abs(a - alpha) <= 1e-3]
     if near:
         return alphas, near[0]
@@ -331,6 +332,7 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
 
     if lpips_weights and not posters:
         raise ValueError("--lpips-weights needs --posters: LPIPS compares the images with the target and history posters")
+    alphas, alpha = headline_alpha(alphas, alpha)  # early: a bad α found at the summary would waste the whole run
     if world_reference and size is not None:
         check_world_size(size)  # early: the check after model loading would come only after keyword generation
     models = resolve_models(warehouse, config, llm=llm, sd=sd, clip=clip, soft_prompt=soft_prompt)
@@ -348,7 +350,6 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
     posters_dir = Path(posters) if posters else None
     if posters_dir is not None and not posters_dir.is_dir():
         raise ValueError(f"posters directory {posters_dir} does not exist; pass --posters DIR with <movieId>.png files")
-    alphas, alpha = headline_alpha(alphas, alpha)
     run_id = run_id or new_run_id("evaluate")
     out_dir = Path(out) if out else Path(warehouse) / "evaluations" / run_id
     lpips_model = None

@@ -45,7 +45,7 @@ class SweepPoint:
     picks: tuple[int, ...]
 
 
-def _check_alpha(alpha: float) -> float:
+def check_alpha(alpha: float) -> float:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     return float(alpha)
@@ -70,7 +70,7 @@ def _at(arr, k: int) -> float | None:
 
 def z_score(d_p, d_t, alpha: float = DEFAULT_ALPHA):
     """α·log d_p + (1−α)·log d_t, scores clamped to SCORE_FLOOR; scalars give a float, arrays an array."""
-    alpha = _check_alpha(alpha)
+    alpha = check_alpha(alpha)
     return _out(alpha * _log(d_p) + (1.0 - alpha) * _log(d_t))
 
 

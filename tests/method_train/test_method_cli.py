@@ -144,5 +144,8 @@ def test_clear_errors(world, capsys):
     assert "posters directory" in capsys.readouterr().err
     assert _pmg(world, "evaluate", "--alphas", "0,2") == 1
     assert "--alphas" in capsys.readouterr().err
+    # --alpha is checked before any model loads (it once failed only at the summary, after every image)
+    assert _pmg(world, "evaluate", "--alpha", "2", "--llm", str(world["base"] / "no-llm")) == 1
+    assert "alpha must lie in [0, 1], got 2.0" in capsys.readouterr().err
     assert _pmg(world, "evaluate", "--world-reference", "--size", "48") == 1
     assert "48 does not divide 128" in capsys.readouterr().err
