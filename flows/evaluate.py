@@ -333,6 +333,7 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
     if lpips_weights and not posters:
         raise ValueError("--lpips-weights needs --posters: LPIPS compares the images with the target and history posters")
     alphas, alpha = headline_alpha(alphas, alpha)  # early: a bad α found at the summary would waste the whole run
+    conditioning.check_seed(seed)
     if world_reference and size is not None:
         check_world_size(size)  # early: the check after model loading would come only after keyword generation
     models = resolve_models(warehouse, config, llm=llm, sd=sd, clip=clip, soft_prompt=soft_prompt)
@@ -364,6 +365,7 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
         notes.append("No --posters: image–image scores and SSIM were not computed; d_p and d_t are CLIP text scores.")
 
     lm, pipe, clip_model = (resources.llm(models["llm"]), resources.sd(models["sd"]), resources.clip(models["clip"]))
+    pipe.latent_shape(size, size)  # the model's size rule, before keywords are generated
     with connect_reader(Path(warehouse)) as con:
         pairset = E.select_pairs(con, posters_dir, limit_users, n_history, prompt_style)
     pairs, item_kw = pairset.pairs, pairset.item_keywords

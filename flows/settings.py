@@ -37,6 +37,7 @@ def resolve(warehouse, overrides: dict, config: str | None = None) -> tuple[dict
 def _check(p: dict) -> None:
     if not 0.0 <= float(p["alpha"]) <= 1.0:
         raise ValueError(f"--alpha must lie in [0, 1], got {p['alpha']}")
+    conditioning.check_seed(p["seed"])
     for name in ("candidates", "steps", "chunk_size", "image_batch"):
         if int(p[name]) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {p[name]}")

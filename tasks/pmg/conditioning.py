@@ -109,6 +109,13 @@ def candidates_for(pref_keywords: Sequence[str], k: int, weights: Sequence[float
     return candidate_grid(k, weights=tuple(weights) if pref_keywords else (1.0,))
 
 
+def check_seed(seed: int) -> int:
+    """A run's base seed: a non-negative integer that fits the warehouse's BIGINT (NumPy refuses negative seeds)."""
+    if not 0 <= int(seed) < 2**63:
+        raise ValueError(f"--seed must be a non-negative integer below 2^63, got {seed}")
+    return int(seed)
+
+
 def candidate_seed(base_seed: int, user_id, movie_id, k: int) -> int:
     """Seed of seed slot `k` for (user, target): a sha256 of the four values, stable across runs and machines."""
     key = f"pmg-seed-1:{int(base_seed)}:{user_id}:{movie_id}:{int(k)}".encode("utf-8")

@@ -147,5 +147,10 @@ def test_clear_errors(world, capsys):
     # --alpha is checked before any model loads (it once failed only at the summary, after every image)
     assert _pmg(world, "evaluate", "--alpha", "2", "--llm", str(world["base"] / "no-llm")) == 1
     assert "alpha must lie in [0, 1], got 2.0" in capsys.readouterr().err
+    assert _pmg(world, "evaluate", "--seed", "-1", "--llm", str(world["base"] / "no-llm")) == 1
+    assert "--seed must be a non-negative integer" in capsys.readouterr().err
+    assert _pmg(world, "evaluate", "--size", "30") == 1  # the model's size rule, before any keyword is generated
+    err = capsys.readouterr().err
+    assert "must be multiples of" in err and "keywords" not in err, err
     assert _pmg(world, "evaluate", "--world-reference", "--size", "48") == 1
     assert "48 does not divide 128" in capsys.readouterr().err

@@ -71,6 +71,12 @@ def test_config_method_table_sets_run_defaults_that_flags_override(tmp_path):
     assert load_config(tmp_path).method == {"steps": 7, "guidance": 3.0, "title_in_prompt": False}
     p, _ = settings.resolve(tmp_path, {"guidance": 5.0, "steps": None})
     assert (p["steps"], p["guidance"], p["title_in_prompt"], p["candidates"]) == (7, 5.0, False, 2)
+    # out-of-range flags are refused here, before any item runs (a negative seed once failed every item)
+    for bad, message in (({"seed": -5}, "--seed must be a non-negative integer"), ({"alpha": 1.5}, "--alpha"),
+                         ({"candidates": 0}, "--candidates"), ({"height": 30}, "--height")):
+        with pytest.raises(ValueError, match=message):
+            settings.resolve(tmp_path, bad)
+    assert settings.resolve(tmp_path, {"seed": 2**63 - 1})[0]["seed"] == 2**63 - 1
     assert conditioning.target_keywords("Heat (1995)", ["crime"], with_title=False) == ["movie poster", "crime"]
     assert conditioning.target_keywords("Heat (1995)", ["crime"])[:3] == ["movie poster", "Heat", "named 'Heat'"]
     (tmp_path / "pmg.toml").write_text('[models]\nllm = "llm"\nsd = "sd"\nclip = "clip"\n[method]\nstep = 7\n')
