@@ -77,6 +77,8 @@ def mutable(values):
 
 def host_rng(seed: int) -> np.random.Generator:
     """A NumPy generator: the same seed gives the same numbers on CPU and Ascend."""
+    if int(seed) < 0:  # NumPy's own message ("expected non-negative integer") names no seed
+        raise ValueError(f"seeds must be non-negative integers, got {seed}")
     return np.random.Generator(np.random.PCG64(int(seed)))
 
 

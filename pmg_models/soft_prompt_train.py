@@ -73,6 +73,8 @@ class TrainConfig:
                 raise ValueError(f"training: {name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"training: lr must be positive, got {self.lr}")
+        if self.seed < 0:
+            raise ValueError(f"training: seed must be a non-negative integer, got {self.seed}")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

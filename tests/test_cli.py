@@ -1,6 +1,9 @@
 """The `pmg` command line: fast start-up, one-sentence errors, no tracebacks unless --debug."""
+import argparse
 import subprocess
 import sys
+
+import pytest
 
 from flows import cli
 
@@ -54,3 +57,23 @@ def test_a_bad_backfill_or_nightly_request_is_refused_before_prefect_starts(tmp_
         assert out.returncode == 1, (args, out.stderr)
         assert message in out.stderr and out.stderr.startswith("pmg: error: "), (args, out.stderr)
         assert out.stdout.split() == ["False", "False"], (args, out.stdout)
+
+
+def test_every_seed_flag_takes_only_non_negative_integers():
+    from flows.commands import seed_arg
+
+    assert seed_arg("0") == 0 and seed_arg(str(2**63 - 1)) == 2**63 - 1
+    for bad in ("-1", str(2**63), "1.5", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="non-negative integer"):
+            seed_arg(bad)
+
+    def seed_actions(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from seed_actions(sub)
+            elif "--seed" in action.option_strings:
+                yield action
+
+    seeds = list(seed_actions(cli.build_parser()))
+    assert len(seeds) >= 8 and all(a.type is seed_arg for a in seeds)

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from flows.commands import seed_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser("synth", help="write a synthetic MovieLens-format dataset (directory, or .zip with --zip)")
@@ -18,7 +20,7 @@ def register(sub) -> None:
     p.add_argument("--users", type=int, default=610)
     p.add_argument("--movies", type=int, default=9742)
     p.add_argument("--ratings", type=int, default=100_836)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--crlf", action="store_true", help="CRLF line endings (as some public copies)")
     p.add_argument("--zip", action="store_true", help="write OUT.zip instead of a directory")
     p.set_defaults(handler=synth)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flows.commands import seed_arg
+
 DEFAULT_ALPHAS = "0,0.25,0.5,0.667,0.75,1"
 
 
@@ -25,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--size", type=int, help="poster size for the VAE (default: the SD model's sample size)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="save state every N steps (default 100)")
     p.add_argument("--eval-every", type=int, default=10, help="fixed-set loss every N steps (default 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--limit-users", type=int, help="only the first N users (by id)")
     p.set_defaults(handler=cmd_train)
@@ -43,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--guidance", type=float, help="classifier-free guidance (default: [method], else 7.5)")
     p.add_argument("--w-soft", type=float,
                    help="scale of the soft tokens (default: [method] soft_scale, as the pipeline; else 1)")
-    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="base seed (default 0)")
     p.add_argument("--limit-users", type=int, help="only the first N users (by id)")
     p.add_argument("--lpips-weights", help="LPIPS-alex weights: a safetensors file or directory (AlexNet conv "
                                            "layers + LPIPS lin layers); needs --posters")

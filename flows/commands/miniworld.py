@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+from flows.commands import seed_arg
+
 STAGE_NAMES = ("classifier", "clip", "sd", "llama", "soft_prompt")
 
 
@@ -12,7 +14,7 @@ def register(sub) -> None:
     p = sub.add_parser("train-miniworld",
                        help="train the miniature world's models from a seed (checkpoints, gates, metrics.json)")
     p.add_argument("out", type=Path, help="output directory (classifier/, clip/, sd/, llama/, metrics.json)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--smoke", action="store_true", help="a few dozen steps per stage: checks losses fall and shapes")
     p.add_argument("--stages", default=",".join(STAGE_NAMES),
                    help="comma-separated subset of " + ",".join(STAGE_NAMES) + " (others keep their earlier output)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from flows.commands import seed_arg
+
 
 def register(sub) -> None:
     models = sub.add_parser("models", help="create, inspect and try model checkpoints")
@@ -11,7 +13,7 @@ def register(sub) -> None:
 
     p = msub.add_parser("init-tiny", help="write tiny random-weight Llama, SD and CLIP checkpoints in the real layouts")
     p.add_argument("dir", type=Path)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.set_defaults(handler=init_tiny)
 
     p = msub.add_parser("info", help="config, parameter count and fingerprint of a checkpoint directory")
@@ -25,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.set_defaults(handler=generate)
 
     p = msub.add_parser("txt2img", help="one image from a Stable Diffusion checkpoint")
@@ -33,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("prompt")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)

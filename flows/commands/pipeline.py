@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from flows.commands import seed_arg
+
 EXAMPLE_SQL = (
     "SELECT user_id, target_movie_id, image_path, round(z, 3) AS z FROM posters ORDER BY user_id LIMIT 10",
     "SELECT p.user_id, p.keywords AS taste, m.title FROM user_preferences p JOIN posters USING (user_id) "
@@ -66,7 +68,7 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, help="diffusion steps (default 20)")
     g.add_argument("--height", type=int, help="image height (default 512)")
     g.add_argument("--width", type=int, help="image width (default 512)")
-    g.add_argument("--seed", type=int, help="base seed (default 0)")
+    g.add_argument("--seed", type=seed_arg, help="base seed (default 0)")
     g.add_argument("--chunk-size", type=int, help="items per task (default 16)")
     g.add_argument("--runner", choices=("thread", "dask"), default=os.environ.get("PMG_RUNNER") or "thread",
                    help="task runner: 'thread' (this process) or 'dask' (worker processes); default env "

@@ -55,3 +55,5 @@ def test_host_noise_is_seeded_and_batch_independent():
     assert not np.array_equal(a, runtime.noise((2, 4, 8, 8), seed=8))
     # Golden values pin the generator (PCG64 + standard_normal) so CPU and Ascend runs agree.
     np.testing.assert_allclose(runtime.noise((3,), seed=0), [1.117622, -1.3871249, -0.4265716], rtol=1e-6)
+    with pytest.raises(ValueError, match="seeds must be non-negative integers, got -1"):
+        runtime.noise((3,), seed=-1)
