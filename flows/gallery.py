@@ -47,6 +47,8 @@ def write_gallery(warehouse, out: Path | str, run_id: str | None = None, limit: 
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"gallery output must be an .html file, got {out.name}")
     with connect_reader(root) as con:
+        if run_id is not None and not queries.run(con, "ops_run_exists", {"run_id": run_id}).fetchone()[0]:
+            raise ValueError(f"no run {run_id!r} in {root}; `pmg status` lists the recent run ids")
         found = queries.run(con, "ops_gallery_users", {"run_id": run_id, "limit": limit}).fetchall()
         users = [u for u, _ in found]
         total = found[0][1] if found else 0

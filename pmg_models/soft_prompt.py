@@ -46,6 +46,11 @@ class SoftPromptConfig:
     sd_fingerprint: str = ""     # checkpoint.fingerprint of the SD checkpoint trained against
     prompt_version: str = ""     # version of the soft-prompt text template used in training
 
+    def __post_init__(self):
+        if self.n_prefix < 1 or self.n_tokens < 1:
+            raise ValueError(f"soft prompt: the prefix length P (--n-prefix) and the multimodal tokens M (--n-tokens)"
+                             f" must be at least 1, got P={self.n_prefix}, M={self.n_tokens}")
+
     @classmethod
     def for_models(cls, llm: LlamaConfig, sd_width: int, llm_fingerprint: str = "", sd_fingerprint: str = "",
                    n_prefix: int = 4, n_tokens: int = 4, prompt_version: str = "") -> "SoftPromptConfig":

@@ -34,6 +34,12 @@ def test_default_config_matches_the_original_parameter_count():
     assert cfg.n_prefix * cfg.prefix_width == 1_048_576
     assert cfg.n_tokens * cfg.hidden_size == 16_384
     assert cfg.num_parameters == 1_048_576 + 16_384 + 4096 * 768 + 768
+    for p, m in ((0, 4), (4, 0)):  # a zero-length prefix once crashed MindSpore's StridedSliceGrad mid-training
+        with pytest.raises(ValueError, match=f"must be at least 1, got P={p}, M={m}"):
+            S.SoftPromptConfig(n_prefix=p, n_tokens=m, sd_width=768)
+    from pmg_models.soft_prompt_train import TrainConfig
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        TrainConfig(seed=-1)
 
 
 @pytest.mark.parametrize("width", [768, 1024])  # SD 1.x and SD 2.x text widths

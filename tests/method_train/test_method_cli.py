@@ -147,8 +147,11 @@ def test_clear_errors(world, capsys):
     # --alpha is checked before any model loads (it once failed only at the summary, after every image)
     assert _pmg(world, "evaluate", "--alpha", "2", "--llm", str(world["base"] / "no-llm")) == 1
     assert "alpha must lie in [0, 1], got 2.0" in capsys.readouterr().err
-    assert _pmg(world, "evaluate", "--seed", "-1", "--llm", str(world["base"] / "no-llm")) == 1
-    assert "--seed must be a non-negative integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # every --seed is checked by the parser
+        _pmg(world, "evaluate", "--seed", "-1")
+    assert "argument --seed: must be a non-negative integer" in capsys.readouterr().err
+    assert _pmg(world, "train-soft-prompt", "--posters", str(world["posters"]), "--out", "x", "--n-prefix", "0") == 1
+    assert "must be at least 1, got P=0, M=4" in capsys.readouterr().err  # was a MindSpore crash after 30 s
     assert _pmg(world, "evaluate", "--size", "30") == 1  # the model's size rule, before any keyword is generated
     err = capsys.readouterr().err
     assert "must be multiples of" in err and "keywords" not in err, err

@@ -95,5 +95,7 @@ def test_gallery_command_for_one_run(backfilled, tmp_path, capsys):
     pages = sorted(tmp_path.glob("one-run*.html"))
     assert len(pages) == len(expected(root)[0]) > 1
     assert sum(p.read_text().count("★ selected") for p in pages) == result["counts"]["selection"]["pairs"]
-    assert cli.main(["--warehouse", str(root), "gallery", str(out), "--run", "no-such-run"]) == 0
-    assert "0 users" in out.read_text() and sorted(tmp_path.glob("one-run*.html")) == [out]  # stale pages gone
+    assert cli.main(["--warehouse", str(root), "gallery", str(out), "--run", result["run_id"]]) == 0
+    assert sorted(tmp_path.glob("one-run*.html")) == [out]  # one page now: the earlier pages 2.. are gone
+    assert cli.main(["--warehouse", str(root), "gallery", str(out), "--run", "no-such-run"]) == 1
+    assert "no run 'no-such-run'" in capsys.readouterr().err and out.exists()  # a typo changes nothing
