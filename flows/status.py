@@ -29,6 +29,23 @@ class NextNightly:
     error: str | None = None                 # why no plan could be made (e.g. missing checkpoints)
 
 
+def last_backfill(con) -> tuple[str, dict] | None:
+    """(run id, the parameters a nightly repeats) of the newest finished backfill or nightly, or None."""
+    row = queries.run(con, "ops_last_backfill").fetchall()
+    if not row:
+        return None
+    stored = json.loads(row[0][1])
+    return row[0][0], {k: stored.get(k) for k in REPEATED}
+
+
+def require_backfill(con, root) -> dict:
+    """The parameters the next nightly repeats; a clear error when no backfill has finished yet."""
+    last = last_backfill(con)
+    if last is None:
+        raise ValueError(f"no finished backfill in {root}; run `pmg backfill` (or `pmg demo`) once first")
+    return last[1]
+
+
 def recent_runs(root, limit: int = 10) -> list[dict]:
     with connect_reader(root) as con:
         cur = queries.run(con, "ops_recent_runs", {"limit": limit})
@@ -50,13 +67,12 @@ def next_nightly(root, config: str | None = None) -> NextNightly:
     from tasks import plan, targets
 
     with connect_reader(root) as con:
-        last = queries.run(con, "ops_last_backfill").fetchall()
-        if not last:
+        last = last_backfill(con)
+        if last is None:
             return NextNightly(None)
-        run_id, raw = last[0]
-        stored = json.loads(raw)
+        run_id, repeated = last
         try:
-            p, _ = settings.resolve(root, {k: stored.get(k) for k in REPEATED}, config)
+            p, _ = settings.resolve(root, repeated, config)
         except (ValueError, OSError) as e:
             return NextNightly(run_id, error=str(e))
         users = targets.select_users(con, p.get("users_file"), p.get("limit_users"))

@@ -48,7 +48,13 @@ def test_a_bad_backfill_or_nightly_request_is_refused_before_prefect_starts(tmp_
         ("backfill", "--targets", "holdout", "--users", str(tmp_path / "u.csv")): "u.csv does not exist",
         ("backfill", "--targets", "holdout", "--limit-users", "0"): "--limit-users must be at least 1",
         ("nightly", "--source", str(tmp_path / "ml")): "does not exist; give a MovieLens directory",
+        ("nightly",): "no warehouse at",
+        ("--warehouse", str(tmp_path / "ingested"), "nightly"): "no finished backfill in",
     }
+    from warehouse.ingest import ingest
+    from warehouse.synth import synthesize
+
+    ingest(synthesize(tmp_path / "ml-synth", users=5, movies=40, ratings=100), tmp_path / "ingested")
     code = ("import sys, flows.cli as c; rc = c.main(sys.argv[1:]); "
             "print('prefect' in sys.modules, 'mindspore' in sys.modules); sys.exit(rc)")
     for args, message in cases.items():

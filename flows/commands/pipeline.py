@@ -121,9 +121,15 @@ def cmd_backfill(args) -> int:
 def cmd_nightly(args) -> int:
     root = Path(args.warehouse)
     started = time.monotonic()
-    if args.source:  # before Prefect's start-up, as backfill's checks
+    # before Prefect's start-up, as backfill's checks
+    if args.source:
         from warehouse.ingest import check_source
         check_source(args.source)
+    else:  # with new data the ingest is worth doing even before the first backfill
+        from flows.status import require_backfill
+        from warehouse.db import connect_reader
+        with connect_reader(root) as con:
+            require_backfill(con, root)
     from flows import prefect_env
     prefect_env.configure(root, quiet=not args.debug)
     from flows.nightly import nightly
