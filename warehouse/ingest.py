@@ -161,7 +161,8 @@ def locate_semantic_rejects(con: duckdb.DuckDBPyConnection, name: str, path: Pat
     queries.run(con, "ingest_raw_lines", {"path": str(path), "delim": RAW_DELIMITER})
     if con.execute("select count(*) from raw_rejects").fetchone()[0]:
         queries.run(con, "ingest_raw_renumber")
-    queries.run(con, "ingest_semantic_rejects", {"ingest_id": ingest_id, "file": name})
+    queries.run(con, "ingest_semantic_rejects", {"ingest_id": ingest_id, "file": name, "path": str(path),
+                                                 "delim": RAW_DELIMITER})
 
 
 def file_report(con: duckdb.DuckDBPyConnection, name: str, sha256: str) -> FileReport:

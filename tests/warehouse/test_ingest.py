@@ -116,6 +116,9 @@ def test_bad_movies_links_tags_are_rejected(source_copy, tmp_path):
     ]
     assert query(root, "select line_number from ingest_rejects where source_file = 'movies.csv' order by 1") == [
         (n_lines + 1,), (n_lines + 2,), (n_lines + 3,)]
+    # the text of a row rejected after parsing is read back by line number, past the unreadable line
+    assert query(root, "select raw_line from ingest_rejects where reason like 'duplicate movieId%'") == [
+        (f'{first_id},"Duplicate, The (2001)",Comedy',)]
     for f in report.files.values():
         assert f.rows_read == f.rows_loaded + f.rows_rejected
 

@@ -6,5 +6,5 @@ with skipped as (
     from (select distinct line from raw_rejects)
 ),
 steps as (select threshold, max(j) as j from skipped group by threshold)
-select r.line_number + coalesce(s.j, 0) as line_number, r.raw
-from raw_lines r asof left join steps s on r.line_number > s.threshold;
+select r.scan_no, r.scan_no + coalesce(s.j, 0) as line_number, r.blank
+from raw_lines r asof left join steps s on r.scan_no > s.threshold;
