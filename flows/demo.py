@@ -66,8 +66,10 @@ def run(warehouse: Path, args, out=sys.stdout) -> int:
 
     import pandas as pd
 
-    from flows import prefect_env
+    from flows import prefect_env, settings
 
+    flags = {k: getattr(args, k, None) for k in RANDOM_DEFAULTS}
+    settings.check_flags(flags)  # before any data, model or Prefect home is made
     # Tiny models run faster eagerly than they compile (2-13 s per static shape).
     os.environ.setdefault("PMG_JIT", "0")
     started = time.monotonic()
@@ -84,7 +86,7 @@ def run(warehouse: Path, args, out=sys.stdout) -> int:
     w(f"1/5 synthetic MovieLens data ({args.users} users, {args.movies} movies) -> {data}\n")
     if not (data / "ratings.csv").exists():
         synthesize(data, users=args.users, movies=args.movies, ratings=args.users * 40, seed=0)
-    overrides = {k: getattr(args, k, None) for k in RANDOM_DEFAULTS}
+    overrides = dict(flags)
     if world:
         config = world_config(warehouse)
         movies = pd.read_csv(data / "movies.csv")

@@ -34,6 +34,11 @@ def resolve(warehouse, overrides: dict, config: str | None = None) -> tuple[dict
     return p, {"checkpoints": checkpoints, "prompt_version": version, "config": cfg.source}
 
 
+def check_flags(overrides: dict) -> None:
+    """The range checks of resolve() on the flags alone, before any model or data exists."""
+    _check({**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}})
+
+
 def _check(p: dict) -> None:
     if not 0.0 <= float(p["alpha"]) <= 1.0:
         raise ValueError(f"--alpha must lie in [0, 1], got {p['alpha']}")
@@ -41,6 +46,6 @@ def _check(p: dict) -> None:
     for name in ("candidates", "steps", "chunk_size", "image_batch"):
         if int(p[name]) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {p[name]}")
-    for name in ("height", "width"):
-        if int(p[name]) < 8 or int(p[name]) % 8:
+    for name in ("height", "width", "size"):  # size: the demo's flag for both
+        if name in p and (int(p[name]) < 8 or int(p[name]) % 8):
             raise ValueError(f"--{name} must be a positive multiple of 8, got {p[name]}")

@@ -50,6 +50,8 @@ def test_a_bad_backfill_or_nightly_request_is_refused_before_prefect_starts(tmp_
         ("nightly", "--source", str(tmp_path / "ml")): "does not exist; give a MovieLens directory",
         ("nightly",): "no warehouse at",
         ("--warehouse", str(tmp_path / "ingested"), "nightly"): "no finished backfill in",
+        ("demo", "--size", "30"): "--size must be a positive multiple of 8, got 30",
+        ("demo", "--candidates", "0"): "--candidates must be at least 1",
     }
     from warehouse.ingest import ingest
     from warehouse.synth import synthesize
@@ -63,6 +65,7 @@ def test_a_bad_backfill_or_nightly_request_is_refused_before_prefect_starts(tmp_
         assert out.returncode == 1, (args, out.stderr)
         assert message in out.stderr and out.stderr.startswith("pmg: error: "), (args, out.stderr)
         assert out.stdout.split() == ["False", "False"], (args, out.stdout)
+    assert not (tmp_path / "wh").exists()  # nothing was made for a refused request
 
 
 def test_every_seed_flag_takes_only_non_negative_integers():
