@@ -52,6 +52,7 @@ def test_a_bad_backfill_or_nightly_request_is_refused_before_prefect_starts(tmp_
         ("--warehouse", str(tmp_path / "ingested"), "nightly"): "no finished backfill in",
         ("demo", "--size", "30"): "--size must be a positive multiple of 8, got 30",
         ("demo", "--candidates", "0"): "--candidates must be at least 1",
+        ("train-miniworld", str(tmp_path / "wh"), "--stages", "", "--ship"): "lacks llama, sd, clip",
     }
     from warehouse.ingest import ingest
     from warehouse.synth import synthesize

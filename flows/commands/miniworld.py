@@ -30,12 +30,16 @@ def _say(line: str) -> None:
 
 
 def train_miniworld(args) -> int:
-    from tasks.miniworld.train import train_miniworld as run
-
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     unknown = sorted(set(stages) - set(STAGE_NAMES))
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_NAMES)}")
+    if args.ship and not stages:  # ship only: say what is missing before writing anything
+        from tasks.miniworld import shipped
+
+        shipped.check_complete(args.out)
+    from tasks.miniworld.train import train_miniworld as run
+
     metrics = run(args.out, seed=args.seed, smoke=args.smoke, stages=stages, emit=_say, sd_steps=args.sd_steps)
     for name, gate in metrics.get("gates", {}).items():
         _say(f"gate {name}: {gate['value']:.3f} (>= {gate['threshold']}) {'PASS' if gate['passed'] else 'FAIL'}")

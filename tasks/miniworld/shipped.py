@@ -68,6 +68,13 @@ def verify(root: Path = ROOT) -> dict[str, str]:
 SHIPPED = ("llama", "sd", "clip", "soft_prompt.safetensors", "metrics.json")  # not the evaluation classifier
 
 
+def check_complete(world_dir) -> None:
+    """Every file a shipped world needs must be in world_dir."""
+    missing = [name for name in SHIPPED if not (Path(world_dir) / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"{world_dir} lacks {', '.join(missing)}: train those stages first")
+
+
 def install(world_dir, root: Path = ROOT) -> dict[str, str]:
     """Copy what `pmg train-miniworld` wrote to `world_dir` into `root` and pin it; returns the manifest.
 
@@ -75,9 +82,7 @@ def install(world_dir, root: Path = ROOT) -> dict[str, str]:
     leaves a half-replaced set of weights.
     """
     world_dir, root = Path(world_dir), Path(root)
-    missing = [name for name in SHIPPED if not (world_dir / name).exists()]
-    if missing:
-        raise FileNotFoundError(f"{world_dir} lacks {', '.join(missing)}: train those stages first")
+    check_complete(world_dir)
     staging = root.with_name(root.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
