@@ -40,6 +40,8 @@ def writer_lock(root: Path, timeout_s: float = 60) -> Iterator[None]:
     if key in _HELD:
         raise RuntimeError(f"this thread already holds the writer connection to {root}; reuse it instead of"
                            " opening a second one")
+    if root.exists() and not root.is_dir():
+        raise WarehouseError(f"the warehouse {root} is a file; --warehouse (or PMG_WAREHOUSE) names a directory")
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -107,6 +107,13 @@ def test_reader_on_missing_warehouse_is_a_clear_error(tmp_path):
             pass
 
 
+def test_a_warehouse_path_that_is_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "wh").write_text("not a warehouse")
+    with pytest.raises(WarehouseError, match="is a file; --warehouse"):
+        with connect_writer(tmp_path / "wh"):
+            pass
+
+
 def test_nested_writer_in_one_thread_fails_fast(tmp_path):
     with connect_writer(tmp_path / "wh"):
         with pytest.raises(RuntimeError, match="already holds the writer"):
