@@ -14,6 +14,10 @@ _KEY_FIELDS = ("model_type", "architectures", "hidden_size", "num_hidden_layers"
                "prediction_type", "_class_name", "projection_dim")
 
 
+# Components stored as a config alone: pmg_models.sd.codec.CLASS_NAME (importing it would load MindSpore).
+PARAMETER_FREE = ("PixelUnshuffleCodec",)
+
+
 def describe(path: Path) -> dict:
     """A JSON-able summary of an HF Llama/CLIP dir, a diffusers SD dir, or a directory of components."""
     path = Path(path)
@@ -30,7 +34,7 @@ def describe(path: Path) -> dict:
 def _component(path: Path) -> dict:
     config = json.loads((path / "config.json").read_text())
     stem = "diffusion_pytorch_model" if "_class_name" in config else "model"
-    files = checkpoint.weight_files(path, stem)
+    files = [] if config.get("_class_name") in PARAMETER_FREE else checkpoint.weight_files(path, stem)
     params, dtypes = _count(files)
     return {"path": str(path), "kind": config.get("model_type") or config.get("_class_name"),
             "config": {k: config[k] for k in _KEY_FIELDS if k in config},

@@ -99,9 +99,13 @@ def clip_score(args) -> int:
     from pmg_models.clip import CLIPModel
 
     model = CLIPModel.from_pretrained(_existing(args.clip_dir))
-    image = _existing(args.image)
-    with Image.open(image) as im:
-        img_emb = model.encode_image([im.convert("RGB")])
+    if not args.image.is_file():
+        raise FileNotFoundError(f"image {args.image} does not exist")
+    try:
+        with Image.open(args.image) as im:
+            img_emb = model.encode_image([im.convert("RGB")])
+    except OSError as e:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot read {args.image} as an image ({e})") from None
     txt_emb = model.encode_text(args.text)
     scores = model.similarity(img_emb, txt_emb)[0]
     for text, score in zip(args.text, scores):
