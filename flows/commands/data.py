@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from flows.commands import seed_arg
+from flows.commands import positive_int, seed_arg
 
 
 def register(sub) -> None:
@@ -32,7 +32,7 @@ def register(sub) -> None:
     p = sub.add_parser("sql", help="run one read-only SQL query over the warehouse")
     p.add_argument("query")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    p.add_argument("--max-rows", type=int, default=1000, help="rows shown by --format table (default 1000)")
+    p.add_argument("--max-rows", type=positive_int, default=1000, help="rows shown by --format table (default 1000)")
     p.set_defaults(handler=sql)
 
 

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from flows.commands import seed_arg
+from flows.commands import positive_int, seed_arg
 
 EXAMPLE_SQL = (
     "SELECT user_id, target_movie_id, image_path, round(z, 3) AS z FROM posters ORDER BY user_id LIMIT 10",
@@ -47,7 +47,7 @@ def register(sub) -> None:
     p.set_defaults(handler=cmd_gallery)
 
     p = sub.add_parser("status", help="recent runs, failed items, and what the next nightly would recompute")
-    p.add_argument("--runs", type=int, default=10, help="how many recent runs to list (default 10)")
+    p.add_argument("--runs", type=positive_int, default=10, help="how many recent runs to list (default 10)")
     p.add_argument("--config", help="model config TOML (default <warehouse>/pmg.toml or tiny models)")
     p.set_defaults(handler=cmd_status)
 
