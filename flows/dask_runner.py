@@ -20,7 +20,7 @@ def dask_task_runner(address: str | None = None, n_workers: int | None = None):
 
     if address:
         return DaskTaskRunner(address=address)
-    n = n_workers or int(os.environ.get("PMG_DASK_WORKERS", DEFAULT_WORKERS))
+    n = n_workers if n_workers is not None else int(os.environ.get("PMG_DASK_WORKERS", DEFAULT_WORKERS))
     if n < 1:
         raise ValueError(f"--dask-workers must be at least 1, got {n}")
     return DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(n))

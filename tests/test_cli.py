@@ -90,7 +90,9 @@ def test_every_seed_flag_takes_only_non_negative_integers():
 
 
 def test_counts_that_reach_sql_limits_must_be_positive(tmp_path):
-    for args in (("status", "--runs", "-1"), ("sql", "select 1", "--max-rows", "0")):
+    for args in (("status", "--runs", "-1"), ("sql", "select 1", "--max-rows", "0"),
+                 ("backfill", "--targets", "holdout", "--runner", "dask", "--dask-workers", "0"),
+                 ("models", "generate", str(tmp_path), "x", "--max-new-tokens", "-1")):
         out = _pmg("--warehouse", str(tmp_path), *args)
         assert out.returncode == 2 and "must be a whole number of at least 1" in out.stderr, out.stderr
         assert "Traceback" not in out.stderr

@@ -76,7 +76,7 @@ def _generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dask-address", default=os.environ.get("PMG_DASK_ADDRESS") or None,
                    help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (default env "
                    "PMG_DASK_ADDRESS, else a temporary local cluster)")
-    g.add_argument("--dask-workers", type=int, help="worker processes of the temporary local cluster (default 2)")
+    g.add_argument("--dask-workers", type=positive_int, help="worker processes of the temporary local cluster (default 2)")
 
 
 def _id_list(text: str) -> list[int]:

@@ -60,8 +60,9 @@ def test_runner_selection():
     assert task_runner_for("dask", "tcp://127.0.0.1:8786").address == "tcp://127.0.0.1:8786"
     with pytest.raises(ValueError, match="--dask-address needs --runner dask"):
         task_runner_for("thread", "tcp://127.0.0.1:8786")
-    with pytest.raises(ValueError, match="--dask-workers"):
-        task_runner_for("dask", n_workers=-1)
+    for n in (-1, 0):  # 0 once fell back to the default of 2 workers
+        with pytest.raises(ValueError, match="--dask-workers"):
+            task_runner_for("dask", n_workers=n)
 
 
 def test_pmg_runner_env_selects_dask_for_flows_and_deployments(monkeypatch):
