@@ -25,6 +25,8 @@ TINY_DIR = Path("models") / "tiny"
 # Method settings a config may default (e.g. small models trained without titles in their captions).
 METHOD_KEYS = ("candidates", "alpha", "steps", "guidance", "height", "width", "n_history", "n_pref_keywords",
                "n_item_keywords", "prompt_style", "weights", "soft_scale", "title_in_prompt")
+_INTEGERS = {"candidates", "steps", "height", "width", "n_history", "n_pref_keywords", "n_item_keywords"}
+_NUMBERS = {"alpha", "guidance", "soft_scale"}
 
 
 @dataclass(frozen=True)
@@ -86,9 +88,27 @@ def _from_dict(data: dict, path: Path) -> ModelConfig:
     unknown = sorted(set(method) - set(METHOD_KEYS))
     if unknown:
         raise ValueError(f"model config {path}: unknown key(s) {unknown} in [method]; use {', '.join(METHOD_KEYS)}")
+    for key, value in method.items():
+        _check_method_value(path, key, value)
     return ModelConfig(llm=resolve(models["llm"]), sd=resolve(models["sd"]), clip=resolve(models["clip"]),
                        soft_prompt=resolve(soft) if soft else None, device=device, source=str(path),
                        method=dict(method))
+
+
+def _check_method_value(path: Path, key: str, value) -> None:
+    """[method] values have the type of the flag they default (TOML's own types: no strings for numbers)."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    ok = {**{k: isinstance(value, int) and not isinstance(value, bool) for k in _INTEGERS},
+          **{k: number(value) for k in _NUMBERS},
+          "prompt_style": isinstance(value, str), "title_in_prompt": isinstance(value, bool),
+          "weights": isinstance(value, list) and bool(value) and all(number(v) for v in value)}[key]
+    if not ok:
+        kind = ("an integer" if key in _INTEGERS else "a number" if key in _NUMBERS else
+                "a string" if key == "prompt_style" else "true or false" if key == "title_in_prompt" else
+                "a non-empty list of numbers")
+        raise ValueError(f"model config {path}: [method] {key} must be {kind}, got {value!r}")
 
 
 def check_dirs(cfg: ModelConfig) -> None:

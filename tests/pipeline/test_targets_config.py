@@ -79,6 +79,14 @@ def test_config_method_table_sets_run_defaults_that_flags_override(tmp_path):
     assert settings.resolve(tmp_path, {"seed": 2**63 - 1})[0]["seed"] == 2**63 - 1
     assert conditioning.target_keywords("Heat (1995)", ["crime"], with_title=False) == ["movie poster", "crime"]
     assert conditioning.target_keywords("Heat (1995)", ["crime"])[:3] == ["movie poster", "Heat", "named 'Heat'"]
+    for bad, message in (('steps = "ten"', 'steps must be an integer, got \'ten\''), ("steps = true", "steps must be an integer"),
+                         ('guidance = "x"', "guidance must be a number"), ("weights = []", "weights must be a non-empty list of numbers"),
+                         ("title_in_prompt = \"no\"", "title_in_prompt must be true or false")):
+        (tmp_path / "pmg.toml").write_text(f'[models]\nllm = "llm"\nsd = "sd"\nclip = "clip"\n[method]\n{bad}\n')
+        with pytest.raises(ValueError, match=r"\[method\] " + message):
+            load_config(tmp_path)
+    (tmp_path / "pmg.toml").write_text('[models]\nllm = "llm"\nsd = "sd"\nclip = "clip"\n[method]\nguidance = 3\n')
+    assert load_config(tmp_path).method == {"guidance": 3}  # an integer is a number
     (tmp_path / "pmg.toml").write_text('[models]\nllm = "llm"\nsd = "sd"\nclip = "clip"\n[method]\nstep = 7\n')
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['step'\] in \[method\]"):
         load_config(tmp_path)
