@@ -21,6 +21,7 @@ def backfill(warehouse: str, targets: str | None = None, movies: list[int] | Non
         "targets": targets, "movies": movies, "users_file": users_file, "limit_users": limit_users,
         "candidates": candidates, "alpha": alpha, "steps": steps, "height": height, "width": width,
         "guidance": guidance, "seed": seed, "chunk_size": chunk_size}, config)
+    settings.check_device(lineage["config"])  # once here, not as a failure of every item
     with pipeline_run(warehouse, run_name, params, lineage) as ctx, artifacts.tracked(ctx) as tracker:
         sel, hist = select(ctx)
         item_keywords_step(ctx, sel, hist)

@@ -34,6 +34,16 @@ def resolve(warehouse, overrides: dict, config: str | None = None) -> tuple[dict
     return p, {"checkpoints": checkpoints, "prompt_version": version, "config": cfg.source}
 
 
+def check_device(source: str) -> None:
+    """The configured device (PMG_DEVICE, else the config's [runtime] device) must be one pmg_models runs on."""
+    from pmg_models import runtime  # loads MindSpore: called by flows, which use it anyway
+
+    try:
+        runtime.device()
+    except ValueError as e:
+        raise ValueError(f"{e} (from env PMG_DEVICE, else [runtime] device in {source})") from None
+
+
 def check_flags(overrides: dict) -> None:
     """The range checks of resolve() on the flags alone, before any model or data exists."""
     _check({**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}})

@@ -32,3 +32,7 @@ def test_user_errors_are_one_sentence_without_traceback(make_warehouse, prefect_
     assert out.returncode == 1
     assert out.stderr.strip().splitlines() == [
         "pmg: error: movie id(s) [99999999] are not in the warehouse; check the ids or ingest first"]
+    # an unknown device fails the run once, up front, instead of failing every item
+    out = pmg(root, "backfill", "--movie", "1", env={**subprocess_env(prefect_api), "PMG_DEVICE": "gpu"})
+    assert out.returncode == 1 and out.stderr.startswith("pmg: error: PMG_DEVICE='gpu' is not supported"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
