@@ -44,6 +44,14 @@ def check_device(source: str) -> None:
         raise ValueError(f"{e} (from env PMG_DEVICE, else [runtime] device in {source})") from None
 
 
+def check_soft_prompt(p: dict) -> None:
+    """A configured soft prompt must have been trained for the configured LLM and SD (else every user fails)."""
+    if p.get("soft_prompt"):
+        from pmg_models import soft_prompt
+
+        soft_prompt.check_trained_for(p["soft_prompt"], p["checkpoints"]["llm"], p["checkpoints"]["sd"])
+
+
 def check_flags(overrides: dict) -> None:
     """The range checks of resolve() on the flags alone, before any model or data exists."""
     _check({**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}})

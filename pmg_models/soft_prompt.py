@@ -245,15 +245,22 @@ def read_config(path: Path) -> SoftPromptConfig:
         raise checkpoint.CheckpointError(f"{path} has an unreadable soft-prompt config: {e}") from None
 
 
-def load(path: Path, llm_fingerprint: str | None = None, sd_fingerprint: str | None = None,
-         llm: LlamaConfig | None = None, sd_width: int | None = None) -> SoftPrompt:
-    """Load a soft prompt, strictly; every given expectation (fingerprints, LLM dims, SD width) must match."""
+def check_trained_for(path: Path, llm_fingerprint: str | None = None,
+                      sd_fingerprint: str | None = None) -> SoftPromptConfig:
+    """The file's config, if it was trained for these checkpoints (None: not checked)."""
     cfg = read_config(path)
     for what, want, have in (("LLM", llm_fingerprint, cfg.llm_fingerprint), ("SD", sd_fingerprint, cfg.sd_fingerprint)):
         if want is not None and want != have:
             raise checkpoint.CheckpointError(
                 f"soft prompt {path} was trained for the {what} checkpoint with fingerprint {have or '(none)'}, "
                 f"not for the loaded one ({want}); train a soft prompt for these models")
+    return cfg
+
+
+def load(path: Path, llm_fingerprint: str | None = None, sd_fingerprint: str | None = None,
+         llm: LlamaConfig | None = None, sd_width: int | None = None) -> SoftPrompt:
+    """Load a soft prompt, strictly; every given expectation (fingerprints, LLM dims, SD width) must match."""
+    cfg = check_trained_for(path, llm_fingerprint, sd_fingerprint)
     if llm is not None:
         check_compatible(cfg, llm)
     if sd_width is not None and sd_width != cfg.sd_width:

@@ -1,4 +1,6 @@
 """Target and user selection, and the model config file (no models)."""
+from pathlib import Path
+
 import pytest
 
 from tasks import targets
@@ -90,3 +92,18 @@ def test_config_method_table_sets_run_defaults_that_flags_override(tmp_path):
     (tmp_path / "pmg.toml").write_text('[models]\nllm = "llm"\nsd = "sd"\nclip = "clip"\n[method]\nstep = 7\n')
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['step'\] in \[method\]"):
         load_config(tmp_path)
+
+
+def test_a_soft_prompt_trained_for_other_checkpoints_is_refused_up_front():
+    """Checked once per run by the backfill flow; before, every user's preference item failed with it."""
+    from flows import settings
+    from pmg_models.checkpoint import CheckpointError
+    from tasks import resources
+
+    world = Path(__file__).resolve().parents[2] / "weights" / "miniworld"
+    right = {"llm": resources.fingerprint(world / "llama"), "sd": resources.fingerprint(world / "sd")}
+    settings.check_soft_prompt({"soft_prompt": str(world / "soft_prompt.safetensors"), "checkpoints": right})
+    settings.check_soft_prompt({"soft_prompt": None, "checkpoints": {}})
+    with pytest.raises(CheckpointError, match="trained for the LLM checkpoint with fingerprint"):
+        settings.check_soft_prompt({"soft_prompt": str(world / "soft_prompt.safetensors"),
+                                    "checkpoints": {**right, "llm": "0123456789abcdef"}})
