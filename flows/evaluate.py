@@ -366,6 +366,15 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
 
     lm, pipe, clip_model = (resources.llm(models["llm"]), resources.sd(models["sd"]), resources.clip(models["clip"]))
     pipe.latent_shape(size, size)  # the model's size rule, before keywords are generated
+    soft = path = None
+    if models["soft_prompt"] is not None:  # also before the keyword stage, which can take minutes
+        path = soft_prompt_file(models["soft_prompt"])
+        soft = S.load(path, llm_fingerprint=lm.fingerprint, sd_fingerprint=pipe.fingerprint, llm=lm.config,
+                      sd_width=pipe.text_width)
+        version = prompts.prompt_version(prompt_style)
+        if soft.cfg.prompt_version and soft.cfg.prompt_version != version:
+            raise ValueError(f"soft prompt {path} was trained on prompts {soft.cfg.prompt_version}, this evaluation "
+                             f"uses {version}; pass the matching prompt style or retrain")
     with connect_reader(Path(warehouse)) as con:
         pairset = E.select_pairs(con, posters_dir, limit_users, n_history, prompt_style)
     pairs, item_kw = pairset.pairs, pairset.item_keywords
@@ -384,14 +393,7 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
                  "generated for this run (the rest came from the warehouse).")
 
     soft_emb, skipped = None, {}
-    if models["soft_prompt"] is not None:
-        path = soft_prompt_file(models["soft_prompt"])
-        soft = S.load(path, llm_fingerprint=lm.fingerprint, sd_fingerprint=pipe.fingerprint, llm=lm.config,
-                      sd_width=pipe.text_width)
-        version = prompts.prompt_version(prompt_style)
-        if soft.cfg.prompt_version and soft.cfg.prompt_version != version:
-            raise ValueError(f"soft prompt {path} was trained on prompts {soft.cfg.prompt_version}, this evaluation "
-                             f"uses {version}; pass the matching prompt style or retrain")
+    if soft is not None:
         soft_emb = S.embed(soft, lm, [E.soft_text(p, item_kw, prompt_style) for p in pairs])
         variants = list(E.VARIANTS)
         notes.append(f"Soft prompt: {path}.")

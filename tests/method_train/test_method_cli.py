@@ -2,6 +2,7 @@
 import csv
 import math
 import os
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -155,5 +156,9 @@ def test_clear_errors(world, capsys):
     assert _pmg(world, "evaluate", "--size", "30") == 1  # the model's size rule, before any keyword is generated
     err = capsys.readouterr().err
     assert "must be multiples of" in err and "keywords" not in err, err
+    world_soft = Path(__file__).resolve().parents[2] / "weights" / "miniworld" / "soft_prompt.safetensors"
+    assert _pmg(world, "evaluate", "--soft-prompt", str(world_soft)) == 1  # trained for the world's models
+    err = capsys.readouterr().err
+    assert "was trained for the LLM checkpoint" in err and "keywords" not in err, err
     assert _pmg(world, "evaluate", "--world-reference", "--size", "48") == 1
     assert "48 does not divide 128" in capsys.readouterr().err
