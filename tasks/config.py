@@ -22,11 +22,39 @@ from pathlib import Path
 
 CONFIG_NAME = "pmg.toml"
 TINY_DIR = Path("models") / "tiny"
-# Method settings a config may default (e.g. small models trained without titles in their captions).
-METHOD_KEYS = ("candidates", "alpha", "steps", "guidance", "height", "width", "n_history", "n_pref_keywords",
-               "n_item_keywords", "prompt_style", "weights", "soft_scale", "title_in_prompt")
-_INTEGERS = {"candidates", "steps", "height", "width", "n_history", "n_pref_keywords", "n_item_keywords"}
-_NUMBERS = {"alpha", "guidance", "soft_scale"}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_str(v) -> bool:
+    return isinstance(v, str)
+
+
+def _is_bool(v) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_weights(v) -> bool:
+    return isinstance(v, list) and bool(v) and all(map(_is_number, v))
+
+
+# Method settings a config may default (e.g. small models trained without titles in their captions), each
+# with what its value must be: the type of the flag it defaults, in TOML's own types.
+_METHOD_TYPES = {
+    "candidates": ("an integer", _is_int), "alpha": ("a number", _is_number), "steps": ("an integer", _is_int),
+    "guidance": ("a number", _is_number), "height": ("an integer", _is_int), "width": ("an integer", _is_int),
+    "n_history": ("an integer", _is_int), "n_pref_keywords": ("an integer", _is_int),
+    "n_item_keywords": ("an integer", _is_int), "prompt_style": ("a string", _is_str),
+    "weights": ("a non-empty list of numbers", _is_weights), "soft_scale": ("a number", _is_number),
+    "title_in_prompt": ("true or false", _is_bool),
+}
+METHOD_KEYS = tuple(_METHOD_TYPES)
 
 
 @dataclass(frozen=True)
@@ -89,26 +117,12 @@ def _from_dict(data: dict, path: Path) -> ModelConfig:
     if unknown:
         raise ValueError(f"model config {path}: unknown key(s) {unknown} in [method]; use {', '.join(METHOD_KEYS)}")
     for key, value in method.items():
-        _check_method_value(path, key, value)
+        kind, ok = _METHOD_TYPES[key]
+        if not ok(value):
+            raise ValueError(f"model config {path}: [method] {key} must be {kind}, got {value!r}")
     return ModelConfig(llm=resolve(models["llm"]), sd=resolve(models["sd"]), clip=resolve(models["clip"]),
                        soft_prompt=resolve(soft) if soft else None, device=device, source=str(path),
                        method=dict(method))
-
-
-def _check_method_value(path: Path, key: str, value) -> None:
-    """[method] values have the type of the flag they default (TOML's own types: no strings for numbers)."""
-    def number(v):
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-    ok = {**{k: isinstance(value, int) and not isinstance(value, bool) for k in _INTEGERS},
-          **{k: number(value) for k in _NUMBERS},
-          "prompt_style": isinstance(value, str), "title_in_prompt": isinstance(value, bool),
-          "weights": isinstance(value, list) and bool(value) and all(number(v) for v in value)}[key]
-    if not ok:
-        kind = ("an integer" if key in _INTEGERS else "a number" if key in _NUMBERS else
-                "a string" if key == "prompt_style" else "true or false" if key == "title_in_prompt" else
-                "a non-empty list of numbers")
-        raise ValueError(f"model config {path}: [method] {key} must be {kind}, got {value!r}")
 
 
 def check_dirs(cfg: ModelConfig) -> None:

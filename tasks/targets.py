@@ -54,11 +54,15 @@ def read_ids(path: Path | str, columns: tuple[str, ...]) -> pd.DataFrame:
         raise ValueError(f"{path}: columns {', '.join(columns)} must hold integer ids") from None
 
 
+def _check_one_kind(targets: str | None, movies: list[int] | None) -> None:
+    if bool(targets) == bool(movies):
+        raise ValueError("choose the targets: --movie ID[,ID] or --targets holdout|FILE (exactly one)")
+
+
 def check_request(targets: str | None, movies: list[int] | None, users_file=None,
                   limit: int | None = None) -> None:
     """Argument checks that need no warehouse, so the CLI can refuse a bad request before starting Prefect."""
-    if bool(targets) == bool(movies):
-        raise ValueError("choose the targets: --movie ID[,ID] or --targets holdout|FILE (exactly one)")
+    _check_one_kind(targets, movies)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit-users must be at least 1, got {limit}")
     if targets and targets != "holdout":
@@ -86,7 +90,7 @@ def select_users(con, users_file=None, limit: int | None = None) -> list[int]:
 
 def select_targets(con, users: list[int], targets: str | None = None, movies: list[int] | None = None) -> Selection:
     """Pairs for `users`: holdout, a FILE of (user_id, movie_id), or `movies` for every user."""
-    check_request(targets, movies)
+    _check_one_kind(targets, movies)  # (not check_request: it would read a targets file a second time)
     if movies:
         _check_movies(con, movies)
         return Selection(users, [(u, m) for u in users for m in movies])

@@ -3,14 +3,13 @@ import argparse
 
 
 def seed_arg(text: str) -> int:
-    """argparse type of every --seed: a non-negative integer below 2^63 (NumPy's generators refuse negatives)."""
+    """argparse type of every --seed: the runs' seed rule (conditioning.check_seed), checked while parsing."""
+    from tasks.pmg.conditioning import check_seed  # only when a --seed is given: it loads NumPy
+
     try:
-        value = int(text)
+        return check_seed(int(text))
     except ValueError:
-        value = -1
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer below 2^63, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer below 2^63, got {text!r}") from None
 
 
 def positive_int(text: str) -> int:
