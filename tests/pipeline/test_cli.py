@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.pipeline.conftest import subprocess_env
 
@@ -26,7 +27,7 @@ def test_backfill_on_its_own_embedded_api_prints_progress_and_summary_only(make_
     assert (root / "prefect" / "server.log").exists()  # PREFECT_HOME lives inside the warehouse
 
 
-def test_user_errors_are_one_sentence_without_traceback(make_warehouse, prefect_api):
+def test_user_errors_are_one_sentence_without_traceback(make_warehouse, prefect_api, tiny_models, tmp_path):
     root = make_warehouse()
     out = pmg(root, "backfill", "--movie", "99999999", env=subprocess_env(prefect_api))
     assert out.returncode == 1
@@ -35,4 +36,12 @@ def test_user_errors_are_one_sentence_without_traceback(make_warehouse, prefect_
     # an unknown device fails the run once, up front, instead of failing every item
     out = pmg(root, "backfill", "--movie", "1", env={**subprocess_env(prefect_api), "PMG_DEVICE": "gpu"})
     assert out.returncode == 1 and out.stderr.startswith("pmg: error: PMG_DEVICE='gpu' is not supported"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    # so does a soft prompt trained for other checkpoints (the world's, here with the tiny models)
+    world_soft = Path(__file__).resolve().parents[2] / "weights" / "miniworld" / "soft_prompt.safetensors"
+    config = tmp_path / "pmg.toml"
+    config.write_text("[models]\n" + "".join(f'{k} = "{tiny_models / k}"\n' for k in ("llm", "sd", "clip"))
+                      + f'soft_prompt = "{world_soft}"\n')
+    out = pmg(root, "backfill", "--movie", "1", "--config", str(config), env=subprocess_env(prefect_api))
+    assert out.returncode == 1 and "was trained for the LLM checkpoint" in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
