@@ -113,10 +113,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from bench.machine import describe, peak_matmul_gflops
+    from bench.machine import describe, describe_gemm, gemm_rates
 
-    peak = peak_matmul_gflops()
-    print(f"CLIP encode, {describe()}, peak fp32 matmul {peak:.0f} GFLOP/s, {time.strftime('%Y-%m-%d %H:%M')}\n")
+    rates = gemm_rates()
+    peak = max(rates.values())
+    print(f"CLIP encode, {describe()}, {describe_gemm(rates)}, {time.strftime('%Y-%m-%d %H:%M')}\n")
     print("| config | tower | batch | transformers ms | ours ms | ours/torch | ours GFLOP/s | of peak |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.configs.split(","):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -81,17 +80,6 @@ def bandwidth_gbs() -> float:
     b = np.empty_like(a)
     best = min(_timed(lambda: np.copyto(b, a)) for _ in range(5))
     return 2 * a.nbytes / best / 1e9
-
-
-def peak_gflops() -> float:
-    """The machine's fp32 GEMM ceiling in this run: the best of NumPy's BLAS and PyTorch on 2048^3."""
-    import torch
-    from bench.machine import peak_matmul_gflops
-
-    a = torch.randn(2048, 2048)
-    a @ a
-    best = min(_timed(lambda: a @ a) for _ in range(5))
-    return max(peak_matmul_gflops(), 2 * 2048**3 / best / 1e9)
 
 
 def prefill_gflop(cfg, batch: int, prompt_len: int) -> float:
@@ -232,9 +220,12 @@ def main(argv=None) -> int:
                 print("\n".join(cache_scaling(size, [int(b) for b in args.batches.split(",")],
                                                [int(n) for n in args.cache_lengths.split(",")], Path(tmp))))
         return 0
-    bw, peak = bandwidth_gbs(), peak_gflops()
-    lines = [f"\n### Llama: pmg_models vs transformers ({time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, "
-             f"{os.cpu_count()} CPUs, copy bandwidth {bw:.1f} GB/s, peak fp32 GEMM {peak:.0f} GFLOP/s, "
+    from bench.machine import describe, describe_gemm, gemm_rates
+
+    bw, rates = bandwidth_gbs(), gemm_rates()
+    peak = max(rates.values())
+    lines = [f"\n### Llama: pmg_models vs transformers ({time.strftime('%Y-%m-%d %H:%M')}, {describe()}, "
+             f"copy bandwidth {bw:.1f} GB/s, {describe_gemm(rates)}, "
              f"prompt {args.prompt_len}, "
              f"{args.new_tokens} new tokens)\n",
              f"`{' '.join(['python -m bench.bench_llama'] + (argv or sys.argv[1:]))}`\n", HEADER]

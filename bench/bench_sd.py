@@ -173,10 +173,11 @@ def main() -> None:
     parser.add_argument("--gen-batch", type=int, default=2)
     args = parser.parse_args()
 
-    from bench.machine import describe, peak_matmul_gflops
+    from bench.machine import describe, describe_gemm, gemm_rates
 
-    peak = peak_matmul_gflops()
-    print(f"Stable Diffusion, {describe()}, peak fp32 matmul {peak:.0f} GFLOP/s, {time.strftime('%Y-%m-%d %H:%M')}\n")
+    rates = gemm_rates()
+    peak = max(rates.values())
+    print(f"Stable Diffusion, {describe()}, {describe_gemm(rates)}, {time.strftime('%Y-%m-%d %H:%M')}\n")
     print("| config | what | batch | diffusers ms | ours ms | ours/torch | ours GFLOP/s | of peak |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.configs.split(","):

@@ -1,4 +1,8 @@
-"""The machine's physical limits: peak fp32 matmul rate and memory bandwidth (NumPy, same process).
+"""The machine's physical limits: peak fp32 matmul rate and memory bandwidth (same process).
+
+The GEMM ceiling is the best of the BLAS libraries present (NumPy's, PyTorch's MKL, MindSpore's
+oneDNN): their rates differ by vendor — on an AMD EPYC (Zen 5) MKL and OpenBLAS ran AVX2 code at
+210-250 GFLOP/s while oneDNN reached 460 — so one library's rate is not the machine's.
 
 Run: .venv/bin/python -m bench.machine
 """
@@ -14,9 +18,40 @@ import numpy as np
 def peak_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     b = a.T.copy()
-    a @ b  # warm-up
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
+    return 2 * n**3 / _best(lambda: a @ b, repeats) / 1e9
+
+
+def gemm_rates(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """fp32 n³ matmul GFLOP/s of each library that is installed: numpy, torch, mindspore."""
+    x = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    flop = 2 * n**3 / 1e9
+    rates = {"numpy": peak_matmul_gflops(n, repeats)}
+    try:
+        import torch
+        t = torch.from_numpy(x)
+        rates["torch"] = flop / _best(lambda: t @ t, repeats)
+    except ImportError:
+        pass
+    try:
+        from mindspore import ops
+        from pmg_models import runtime
+        runtime.setup()
+        m, matmul = runtime.to_tensor(x), ops.MatMul()
+        rates["mindspore"] = flop / _best(lambda: matmul(m, m).asnumpy(), repeats)
+    except ImportError:
+        pass
+    return rates
+
+
+def describe_gemm(rates: dict[str, float]) -> str:
+    """`peak fp32 GEMM 460 GFLOP/s (numpy 248, torch 210, mindspore 460)`."""
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in rates.items())
+    return f"peak fp32 GEMM {max(rates.values()):.0f} GFLOP/s ({parts})"
+
+
+def _best(fn, repeats: int) -> float:
+    fn()  # warm-up
+    return min(_timed(fn) for _ in range(repeats))
 
 
 def memory_bandwidth_gbs(mb: int = 512, repeats: int = 5) -> float:
@@ -47,4 +82,4 @@ def describe() -> str:
 
 if __name__ == "__main__":
     print(f"machine: {describe()}")
-    print(f"peak fp32 matmul: {peak_matmul_gflops():.1f} GFLOP/s; memory bandwidth: {memory_bandwidth_gbs():.1f} GB/s")
+    print(f"{describe_gemm(gemm_rates())}; memory bandwidth: {memory_bandwidth_gbs():.1f} GB/s")
