@@ -113,11 +113,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from bench.machine import describe, describe_gemm, gemm_rates
+    from bench.machine import heading
 
-    rates = gemm_rates()
-    peak = max(rates.values())
-    print(f"CLIP encode, {describe()}, {describe_gemm(rates)}, {time.strftime('%Y-%m-%d %H:%M')}\n")
+    title, peak = heading("CLIP encode")
+    print(title + "\n")
     print("| config | tower | batch | transformers ms | ours ms | ours/torch | ours GFLOP/s | of peak |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.configs.split(","):

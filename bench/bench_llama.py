@@ -220,14 +220,11 @@ def main(argv=None) -> int:
                 print("\n".join(cache_scaling(size, [int(b) for b in args.batches.split(",")],
                                                [int(n) for n in args.cache_lengths.split(",")], Path(tmp))))
         return 0
-    from bench.machine import describe, describe_gemm, gemm_rates
+    from bench.machine import heading
 
-    bw, rates = bandwidth_gbs(), gemm_rates()
-    peak = max(rates.values())
-    lines = [f"\n### Llama: pmg_models vs transformers ({time.strftime('%Y-%m-%d %H:%M')}, {describe()}, "
-             f"copy bandwidth {bw:.1f} GB/s, {describe_gemm(rates)}, "
-             f"prompt {args.prompt_len}, "
-             f"{args.new_tokens} new tokens)\n",
+    bw = bandwidth_gbs()
+    title, peak = heading("Llama: pmg_models vs transformers")
+    lines = [f"\n### {title}, copy bandwidth {bw:.1f} GB/s, prompt {args.prompt_len}, {args.new_tokens} new tokens\n",
              f"`{' '.join(['python -m bench.bench_llama'] + (argv or sys.argv[1:]))}`\n", HEADER]
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):

@@ -173,11 +173,10 @@ def main() -> None:
     parser.add_argument("--gen-batch", type=int, default=2)
     args = parser.parse_args()
 
-    from bench.machine import describe, describe_gemm, gemm_rates
+    from bench.machine import heading
 
-    rates = gemm_rates()
-    peak = max(rates.values())
-    print(f"Stable Diffusion, {describe()}, {describe_gemm(rates)}, {time.strftime('%Y-%m-%d %H:%M')}\n")
+    title, peak = heading("Stable Diffusion")
+    print(title + "\n")
     print("| config | what | batch | diffusers ms | ours ms | ours/torch | ours GFLOP/s | of peak |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.configs.split(","):

@@ -49,6 +49,12 @@ def describe_gemm(rates: dict[str, float]) -> str:
     return f"peak fp32 GEMM {max(rates.values()):.0f} GFLOP/s ({parts})"
 
 
+def heading(title: str) -> tuple[str, float]:
+    """`title, machine, GEMM rates, time` for a benchmark's output, and the peak its rows divide by."""
+    rates = gemm_rates()
+    return f"{title}, {describe()}, {describe_gemm(rates)}, {time.strftime('%Y-%m-%d %H:%M')}", max(rates.values())
+
+
 def _best(fn, repeats: int) -> float:
     fn()  # warm-up
     return min(_timed(fn) for _ in range(repeats))
