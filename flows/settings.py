@@ -52,6 +52,13 @@ def check_soft_prompt(p: dict) -> None:
         soft_prompt.check_trained_for(p["soft_prompt"], p["checkpoints"]["llm"], p["checkpoints"]["sd"])
 
 
+def check_memory(p: dict) -> None:
+    """The configured models' weights must fit in memory together: a process keeps each one it loads."""
+    from pmg_models import info, runtime  # loads MindSpore: called by flows, which use it anyway
+
+    runtime.check_host_memory({kind: info.parameters(path) for kind, path in p["models"].items()})
+
+
 def check_flags(overrides: dict) -> None:
     """The range checks of resolve() on the flags alone, before any model or data exists."""
     _check({**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import mmap
 import os
 import struct
@@ -89,6 +90,28 @@ def weight_files(directory: Path, stem: str = "model") -> list[Path]:
             f"{directory} holds only pickle weights ({pickles[0]}); pickles are never loaded. Convert them once with "
             "transformers/diffusers: `model.save_pretrained(dir, safe_serialization=True)`")
     raise CheckpointError(f"no {stem}.safetensors or {stem}.safetensors.index.json in {directory}")
+
+
+def component_files(directory: Path, stem: str) -> list[Path]:
+    """Weight files of one diffusers component; falls back to the `.fp16` variant if that is all there is."""
+    directory = Path(directory)
+    try:
+        return weight_files(directory, stem)
+    except CheckpointError:
+        if (directory / f"{stem}.fp16.safetensors").exists():
+            return [directory / f"{stem}.fp16.safetensors"]
+        raise
+
+
+def parameter_count(files: list[Path]) -> tuple[int, dict[str, int]]:
+    """Elements in the safetensors `files` (headers only) and how many of them each stored dtype holds."""
+    total, dtypes = 0, {}
+    for f in files:
+        for info in read_header(f).values():
+            n = math.prod(info["shape"])
+            total += n
+            dtypes[info["dtype"]] = dtypes.get(info["dtype"], 0) + n
+    return total, dtypes
 
 
 def load_into(cell, files: list[Path], key_map: Callable[[str], str | None] = lambda k: k, dtype=np.float32) -> None:

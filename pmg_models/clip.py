@@ -18,7 +18,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import nn, ops, Parameter
 
-from pmg_models import checkpoint, ops as pops, runtime
+from pmg_models import checkpoint, info, ops as pops, runtime
 from pmg_models.clip_image import ImageProcessorConfig, preprocess
 from pmg_models.clip_tokenizer import CLIPTokenizer, write_tiny_tokenizer
 from pmg_models.clip_tiny import init_tiny, write_tiny_text_encoder
@@ -428,6 +428,7 @@ class CLIPModel:
         has_tok = (directory / "vocab.json").exists() or (directory / "tokenizer.json").exists()
         tok = CLIPTokenizer.from_dir(directory) if has_tok else None
         image_cfg = ImageProcessorConfig.from_dir(directory)
+        runtime.check_host_memory({f"CLIP {directory.name}": info.parameters(directory)})
         model = cls(text, vision, proj, tok, image_cfg, micro_batch)
         checkpoint.load_into(model.net, checkpoint.weight_files(directory), _ignore_buffers,
                              runtime.np_compute_dtype())

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import mindspore as ms
 
-from pmg_models import checkpoint, llama, runtime
+from pmg_models import checkpoint, info, llama, runtime
 from pmg_models.tokenizers import LlamaTokenizer
 
 LENGTH_BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096)
@@ -85,6 +85,7 @@ class LlamaLM:
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is not a directory (expected an HF Llama checkpoint directory)")
         cfg = llama.read_config(path)
+        runtime.check_host_memory({f"Llama {path.name}": info.parameters(path)})
         net = llama.build(cfg)
         llama.load_weights(net, path)
         tokenizer = LlamaTokenizer.from_dir(path, pad_id=cfg.pad_token_id)

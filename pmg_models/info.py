@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from math import prod
 from pathlib import Path
 
 from pmg_models import checkpoint
@@ -34,8 +33,13 @@ def describe(path: Path) -> dict:
 def _component(path: Path) -> dict:
     config = json.loads((path / "config.json").read_text())
     stem = "diffusion_pytorch_model" if "_class_name" in config else "model"
-    files = [] if config.get("_class_name") in PARAMETER_FREE else checkpoint.weight_files(path, stem)
-    params, dtypes = _count(files)
+    if config.get("_class_name") in PARAMETER_FREE:
+        files = []
+    elif stem == "model":
+        files = checkpoint.weight_files(path, stem)
+    else:
+        files = checkpoint.component_files(path, stem)
+    params, dtypes = checkpoint.parameter_count(files)
     return {"path": str(path), "kind": config.get("model_type") or config.get("_class_name"),
             "config": {k: config[k] for k in _KEY_FIELDS if k in config},
             "parameters": params, "weight_dtypes": dtypes, "fingerprint": checkpoint.fingerprint(path)}
@@ -56,11 +60,10 @@ def _diffusers(path: Path) -> dict:
             "fingerprint": checkpoint.fingerprint(path)}
 
 
-def _count(files) -> tuple[int, dict]:
-    total, dtypes = 0, {}
-    for f in files:
-        for info in checkpoint.read_header(f).values():
-            n = prod(info["shape"])
-            total += n
-            dtypes[info["dtype"]] = dtypes.get(info["dtype"], 0) + n
-    return total, dtypes
+def parameters(path: Path) -> int | None:
+    """Parameter count of any supported checkpoint from its headers; None if it has no safetensors index
+    to read (e.g. a mindformers `.ckpt` directory, whose loader reports its own problems)."""
+    try:
+        return describe(Path(path))["parameters"]
+    except (CheckpointError, OSError, ValueError, KeyError):
+        return None

@@ -59,6 +59,43 @@ def np_compute_dtype():
     return np.float16 if dt == ms.float16 else np.float32
 
 
+class HostMemoryError(RuntimeError):
+    """Model weights that cannot fit in the memory this machine has available."""
+
+
+def available_host_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes; None where it cannot be read (not Linux)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_host_memory(parameters: dict[str, int | None]) -> None:
+    """Refuse, before any model is built, weights that alone exceed the available memory (CPU only).
+
+    `parameters`: model name → parameter count (None = unknown, not counted). Without this a 7B Llama
+    in fp32 (27 GB) on a 24 GB machine is killed by the kernel halfway through loading, with no message.
+    PMG_MEMORY_CHECK=0 skips the check (e.g. for swap the kernel does not report as available).
+    """
+    if is_ascend() or os.environ.get("PMG_MEMORY_CHECK", "1") == "0":
+        return  # on Ascend the weights live in device memory
+    itemsize = np.dtype(np_compute_dtype()).itemsize
+    known = {name: n * itemsize for name, n in parameters.items() if n}
+    need, available = sum(known.values()), available_host_memory()
+    if available is None or need <= available:
+        return
+    parts = ", ".join(f"{name} {size / 1e9:.1f} GB" for name, size in known.items())
+    raise HostMemoryError(
+        f"the model weights need {need / 1e9:.1f} GB as {np.dtype(np_compute_dtype()).name} on CPU ({parts}) but "
+        f"this machine has {available / 1e9:.1f} GB of memory available; use smaller checkpoints, a machine with "
+        "more memory, or PMG_DEVICE=ascend (PMG_MEMORY_CHECK=0 skips this check)")
+
+
 def jit_enabled() -> bool:
     """Compiled hot paths are on unless PMG_JIT=0 (PyNative is handy for debugging and fast tests)."""
     return os.environ.get("PMG_JIT", "1") != "0"

@@ -36,7 +36,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import ops
 
-from pmg_models import checkpoint, runtime
+from pmg_models import checkpoint, info, runtime
 from pmg_models.sd import codec, weights
 from pmg_models.sd.schedulers import Scheduler, make_scheduler
 
@@ -166,6 +166,8 @@ class StableDiffusion:
             raise checkpoint.CheckpointError(f"{directory} lacks component folder(s) {missing}")
         _read_json(index)
         sched_cfg = _read_json(directory / "scheduler" / "scheduler_config.json")
+        if mindone_ckpt is None:
+            runtime.check_host_memory({f"Stable Diffusion {directory.name}": info.parameters(directory)})
         text = CLIPTextModel.from_pretrained(directory / "text_encoder")
         if mindone_ckpt is None:
             vae_dir = directory / "vae"

@@ -218,22 +218,11 @@ def diffusers_key(name: str) -> str:
     return f"{m[1]}{_LEGACY_VAE_ATTN[m[2]]}.{m[3]}" if m else name
 
 
-def component_files(directory: Path, stem: str) -> list[Path]:
-    """Weight files of one diffusers component; falls back to the `.fp16` variant if that is all there is."""
-    directory = Path(directory)
-    try:
-        return checkpoint.weight_files(directory, stem)
-    except checkpoint.CheckpointError:
-        if (directory / f"{stem}.fp16.safetensors").exists():
-            return [directory / f"{stem}.fp16.safetensors"]
-        raise
-
-
 def load_component(cell, directory: Path, stem: str = "diffusion_pytorch_model") -> None:
     """Strictly load a diffusers component folder into `cell` (dtype cast to the compute dtype)."""
     from pmg_models import runtime
 
-    files = component_files(directory, stem)
+    files = checkpoint.component_files(directory, stem)
     arrays = ((diffusers_key(n), a) for f in files for n, a in checkpoint.iter_safetensors(f, runtime.np_compute_dtype()))
     checkpoint.assign_strict(cell, reshape_like(arrays, cell), source=str(directory))
 

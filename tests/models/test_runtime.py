@@ -57,3 +57,22 @@ def test_host_noise_is_seeded_and_batch_independent():
     np.testing.assert_allclose(runtime.noise((3,), seed=0), [1.117622, -1.3871249, -0.4265716], rtol=1e-6)
     with pytest.raises(ValueError, match="seeds must be non-negative integers, got -1"):
         runtime.noise((3,), seed=-1)
+
+
+def test_host_memory_check_refuses_weights_larger_than_available_memory(monkeypatch):
+    monkeypatch.setattr(runtime, "available_host_memory", lambda: 10 * 10**9)
+    runtime.check_host_memory({"Llama": 2 * 10**9, "CLIP": None})  # 8 GB of fp32 weights fit in 10 GB
+    with pytest.raises(runtime.HostMemoryError) as e:
+        runtime.check_host_memory({"Llama": 2 * 10**9, "Stable Diffusion": 10**9, "CLIP": None})
+    assert str(e.value).startswith("the model weights need 12.0 GB as float32 on CPU (Llama 8.0 GB, Stable "
+                                   "Diffusion 4.0 GB) but this machine has 10.0 GB of memory available")
+    monkeypatch.setenv("PMG_MEMORY_CHECK", "0")
+    runtime.check_host_memory({"Llama": 10**12})
+    monkeypatch.delenv("PMG_MEMORY_CHECK")
+    monkeypatch.setattr(runtime, "available_host_memory", lambda: None)  # not Linux: nothing to compare with
+    runtime.check_host_memory({"Llama": 10**12})
+
+
+def test_available_host_memory_is_read_from_meminfo():
+    available = runtime.available_host_memory()
+    assert available is not None and 10**8 < available < 10**13

@@ -1,9 +1,11 @@
 """The command line on the embedded Prefect API: clean output, progress, summary, one-sentence errors."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.models.test_memory_check import header_only
 from tests.pipeline.conftest import subprocess_env
 
 
@@ -44,4 +46,13 @@ def test_user_errors_are_one_sentence_without_traceback(make_warehouse, prefect_
                       + f'soft_prompt = "{world_soft}"\n')
     out = pmg(root, "backfill", "--movie", "1", "--config", str(config), env=subprocess_env(prefect_api))
     assert out.returncode == 1 and "was trained for the LLM checkpoint" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    # and so do models whose weights cannot fit in this machine's memory (a Llama declaring 160 GB)
+    big = tmp_path / "big-llm"
+    shutil.copytree(tiny_models / "llm", big)
+    header_only(big / "model.safetensors", "model.embed_tokens.weight")
+    config.write_text(f'[models]\nllm = "{big}"\n' + "".join(f'{k} = "{tiny_models / k}"\n' for k in ("sd", "clip")))
+    out = pmg(root, "backfill", "--movie", "1", "--config", str(config), env=subprocess_env(prefect_api))
+    assert out.returncode == 1 and out.stderr.startswith("pmg: error: the model weights need 160.0 GB as float32 "
+                                                         "on CPU (llm 160.0 GB, sd "), out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
