@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.context import FlowRunContext
 
 from flows import artifacts, settings
 from flows.generate import generate_step
@@ -23,7 +24,7 @@ def backfill(warehouse: str, targets: str | None = None, movies: list[int] | Non
         "guidance": guidance, "seed": seed, "chunk_size": chunk_size}, config)
     settings.check_device(lineage["config"])  # once here, not as a failure of every item
     settings.check_soft_prompt(params)
-    settings.check_memory(params)
+    settings.check_memory(params, FlowRunContext.get().task_runner)
     with pipeline_run(warehouse, run_name, params, lineage) as ctx, artifacts.tracked(ctx) as tracker:
         sel, hist = select(ctx)
         item_keywords_step(ctx, sel, hist)

@@ -31,6 +31,16 @@ def local_cluster_kwargs(n_workers: int) -> dict:
     return {"n_workers": n_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
 
 
+def model_processes(task_runner) -> int:
+    """Processes on this machine that load the models under `task_runner`: this one (thread runner), a
+    temporary local cluster's workers, or none (a cluster at an address runs them elsewhere)."""
+    if type(task_runner).__name__ != "DaskTaskRunner":  # no import: prefect-dask is an optional extra
+        return 1
+    if task_runner.address:
+        return 0
+    return int((task_runner.cluster_kwargs or {}).get("n_workers", DEFAULT_WORKERS))
+
+
 def task_runner_for(runner: str, address: str | None = None, n_workers: int | None = None):
     """The task runner by name: 'thread' (default) or 'dask' (--runner, or env PMG_RUNNER)."""
     if runner not in ("thread", "dask"):

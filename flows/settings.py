@@ -52,11 +52,15 @@ def check_soft_prompt(p: dict) -> None:
         soft_prompt.check_trained_for(p["soft_prompt"], p["checkpoints"]["llm"], p["checkpoints"]["sd"])
 
 
-def check_memory(p: dict) -> None:
-    """The configured models' weights must fit in memory together: a process keeps each one it loads."""
+def check_memory(p: dict, task_runner=None) -> None:
+    """The configured models' weights must fit in memory together in every process on this machine that
+    runs the flow's tasks under `task_runner` (a process keeps each model it loads)."""
+    from flows.dask_runner import model_processes
     from pmg_models import info, runtime  # loads MindSpore: called by flows, which use it anyway
 
-    runtime.check_host_memory({kind: info.parameters(path) for kind, path in p["models"].items()})
+    processes = model_processes(task_runner)
+    if processes:  # none here when the tasks run on a remote Dask cluster
+        runtime.check_host_memory({kind: info.parameters(path) for kind, path in p["models"].items()}, processes)
 
 
 def check_flags(overrides: dict) -> None:

@@ -75,10 +75,11 @@ def available_host_memory() -> int | None:
     return None
 
 
-def check_host_memory(parameters: dict[str, int | None]) -> None:
+def check_host_memory(parameters: dict[str, int | None], processes: int = 1) -> None:
     """Refuse, before any model is built, weights that alone exceed the available memory (CPU only).
 
-    `parameters`: model name → parameter count (None = unknown, not counted). Without this a 7B Llama
+    `parameters`: model name → parameter count (None = unknown, not counted); `processes`: how many
+    processes on this machine will each hold all of them (a local Dask cluster's workers). Without this a 7B Llama
     in fp32 (27 GB) on a 24 GB machine is killed by the kernel halfway through loading, with no message.
     PMG_MEMORY_CHECK=0 skips the check (e.g. for swap the kernel does not report as available).
     """
@@ -86,10 +87,12 @@ def check_host_memory(parameters: dict[str, int | None]) -> None:
         return  # on Ascend the weights live in device memory
     itemsize = np.dtype(np_compute_dtype()).itemsize
     known = {name: n * itemsize for name, n in parameters.items() if n}
-    need, available = sum(known.values()), available_host_memory()
+    need, available = sum(known.values()) * processes, available_host_memory()
     if available is None or need <= available:
         return
     parts = ", ".join(f"{name} {size / 1e9:.1f} GB" for name, size in known.items())
+    if processes > 1:
+        parts += f"; in each of {processes} worker processes"
     raise HostMemoryError(
         f"the model weights need {need / 1e9:.1f} GB as {np.dtype(np_compute_dtype()).name} on CPU ({parts}) but "
         f"this machine has {available / 1e9:.1f} GB of memory available; use smaller checkpoints, a machine with "

@@ -66,6 +66,8 @@ def test_host_memory_check_refuses_weights_larger_than_available_memory(monkeypa
         runtime.check_host_memory({"Llama": 2 * 10**9, "Stable Diffusion": 10**9, "CLIP": None})
     assert str(e.value).startswith("the model weights need 12.0 GB as float32 on CPU (Llama 8.0 GB, Stable "
                                    "Diffusion 4.0 GB) but this machine has 10.0 GB of memory available")
+    with pytest.raises(runtime.HostMemoryError, match=r"need 16\.0 GB .*\(Llama 8\.0 GB; in each of 2 worker processes\)"):
+        runtime.check_host_memory({"Llama": 2 * 10**9}, processes=2)  # two local Dask workers, each with a copy
     monkeypatch.setenv("PMG_MEMORY_CHECK", "0")
     runtime.check_host_memory({"Llama": 10**12})
     monkeypatch.delenv("PMG_MEMORY_CHECK")

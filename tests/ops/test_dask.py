@@ -48,3 +48,14 @@ def test_backfill_on_dask_matches_thread_runner(backfilled, make_warehouse):
     assert all(n <= 1 for s in states.values() for n in s["loads"].values()), states
     assert sum(s["loads"].get("sd", 0) for s in states.values()) >= 1
     assert all(s["writers"] == 0 for s in states.values())
+
+
+def test_the_memory_check_counts_the_processes_that_load_models_on_this_machine():
+    from prefect.task_runners import ThreadPoolTaskRunner
+    from prefect_dask import DaskTaskRunner
+
+    from flows.dask_runner import dask_task_runner, model_processes
+
+    assert model_processes(ThreadPoolTaskRunner(max_workers=2)) == 1       # this process
+    assert model_processes(dask_task_runner(n_workers=3)) == 3               # a temporary local cluster
+    assert model_processes(DaskTaskRunner(address="tcp://10.0.0.5:8786")) == 0  # workers elsewhere
