@@ -53,14 +53,17 @@ def check_soft_prompt(p: dict) -> None:
 
 
 def check_memory(p: dict, task_runner=None) -> None:
-    """The configured models' weights must fit in memory together in every process on this machine that
-    runs the flow's tasks under `task_runner` (a process keeps each model it loads)."""
+    """The largest configured model must fit in memory in every process on this machine that runs the
+    flow's tasks under `task_runner` (the stages use one model each; tasks.resources releases loaded
+    models when the next one would not fit next to them)."""
     from flows.dask_runner import model_processes
     from pmg_models import info, runtime  # loads MindSpore: called by flows, which use it anyway
 
     processes = model_processes(task_runner)
     if processes:  # none here when the tasks run on a remote Dask cluster
-        runtime.check_host_memory({kind: info.parameters(path) for kind, path in p["models"].items()}, processes)
+        sizes = {kind: info.parameters(path) or 0 for kind, path in p["models"].items()}
+        largest = max(sizes, key=sizes.get)
+        runtime.check_host_memory({largest: sizes[largest]}, processes)
 
 
 def check_flags(overrides: dict) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 DEVICE_LOCK = threading.RLock()
 CALLS: collections.Counter = collections.Counter()   # "llm.generate", "sd.generate", "clip.encode_*"
 LOADS: collections.Counter = collections.Counter()   # "llm", "sd", "clip", "soft_prompt"
+RELEASES: collections.Counter = collections.Counter()  # "models": loaded models dropped to make room
 _cache: dict[tuple[str, str], object] = {}
 _cache_lock = threading.Lock()
 _fingerprints: dict[str, str] = {}
@@ -24,11 +25,43 @@ def _key(path) -> str:
 
 def _load(kind: str, path, loader):
     key = (kind, _key(path))
-    with _cache_lock:
+    with DEVICE_LOCK, _cache_lock:  # this order everywhere: releasing models takes the device lock
         if key not in _cache:
+            _make_room(kind, path)
             _cache[key] = loader(Path(path))
             LOADS[kind] += 1
         return _cache[key]
+
+
+def _make_room(kind: str, path) -> None:
+    """If this model would not fit in memory next to those already loaded, release them first.
+
+    A backfill uses one model per stage (Llama, then SD, then CLIP), so on a machine that holds each
+    but not all three (a 7B Llama and SD 2.1 on 32 GB) the stages still run; with room for all, every
+    model stays loaded for the process's later runs.
+    """
+    if not _cache:
+        return
+    from pmg_models import info, runtime
+
+    try:
+        runtime.check_host_memory({kind: info.parameters(path)})
+    except runtime.HostMemoryError:
+        release_models()
+
+
+def release_models() -> None:
+    """Drop every loaded model and MindSpore's compiled graphs so their memory can be reused; a model
+    still referenced elsewhere keeps working (its graphs compile again on the next call)."""
+    import gc
+
+    import mindspore as ms
+
+    with DEVICE_LOCK:  # no chunk is running a compiled graph while they are dropped
+        _cache.clear()
+        gc.collect()
+        ms.ms_memory_recycle()
+        RELEASES["models"] += 1
 
 
 def llm(path):
@@ -92,6 +125,7 @@ def reset() -> None:
     """Forget counters (and, for tests, nothing else: loaded models stay cached)."""
     CALLS.clear()
     LOADS.clear()
+    RELEASES.clear()
 
 
 def clear_cache() -> None:

@@ -160,3 +160,31 @@ def test_soft_prompt_adds_preference_embeddings_used_by_generation(prefect_api, 
     assert len(rows) == 2 and all(n == 2 and d == width for n, d, _ in rows)
     assert all(np.load(root / p).shape == (2, width) for _, _, p in rows)
     assert lineage[0][0] and check_invariants(root) == 2
+
+
+def test_a_machine_that_holds_one_model_at_a_time_still_runs_every_stage(make_warehouse_module, tiny_models,
+                                                                         monkeypatch):
+    """Memory for the largest model (SD) but not for it next to another: each stage releases the models
+    loaded before it, and the posters are byte for byte those of a run that kept all three."""
+    from flows.backfill import backfill
+    from pmg_models import info, runtime
+
+    query = ("SELECT g.user_id, g.target_movie_id, g.candidate, g.image_sha256, s.d_p, s.d_t, s.selected "
+             "FROM generations g JOIN scores s USING (generation_id) ORDER BY ALL")
+    reference = make_warehouse_module("all-at-once")
+    backfill(warehouse=str(reference), targets="holdout", **FAST)
+    budget = int(1.02 * 4 * info.parameters(tiny_models / "sd"))
+
+    def available():  # what MemAvailable would say: the budget minus the models this process holds
+        return budget - sum(4 * (info.parameters(path) or 0) for _, path in resources._cache)
+
+    root = make_warehouse_module("one-at-a-time")
+    resources.clear_cache()
+    resources.reset()
+    monkeypatch.setattr(runtime, "available_host_memory", available)
+    result = backfill(warehouse=str(root), targets="holdout", **FAST)
+    assert resources.RELEASES["models"] == 2   # the Llama before SD, SD before CLIP
+    assert set(resources.LOADS) == {"llm", "sd", "clip"} and all(n == 1 for n in resources.LOADS.values())
+    assert result["counts"]["score"]["failed"] == 0 and result["counts"]["score"]["processed"] > 0
+    with connect_reader(root) as con, connect_reader(reference) as ref:
+        assert con.execute(query).fetchall() == ref.execute(query).fetchall()
