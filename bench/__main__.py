@@ -13,6 +13,7 @@ SCRIPTS = (
     ["bench.bench_sd"],
     ["bench.bench_clip"],
     ["bench.bench_train"],
+    ["bench.bench_release"],
     ["bench.bench_pipeline"],
 )
 

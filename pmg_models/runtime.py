@@ -99,6 +99,21 @@ def check_host_memory(parameters: dict[str, int | None], processes: int = 1) -> 
         "more memory, or PMG_DEVICE=ascend (PMG_MEMORY_CHECK=0 skips this check)")
 
 
+def release_host_memory() -> None:
+    """Free what dropped models leave behind: MindSpore's compiled graphs (of every model: the ones still
+    in use compile again on their next call) and the allocator's free pages, so the next model's load
+    and the memory check see the room (glibc keeps freed memory from the OS otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    ms.ms_memory_recycle()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the memory is still reused by this process
+        pass
+
+
 def jit_enabled() -> bool:
     """Compiled hot paths are on unless PMG_JIT=0 (PyNative is handy for debugging and fast tests)."""
     return os.environ.get("PMG_JIT", "1") != "0"

@@ -51,16 +51,13 @@ def _make_room(kind: str, path) -> None:
 
 
 def release_models() -> None:
-    """Drop every loaded model and MindSpore's compiled graphs so their memory can be reused; a model
-    still referenced elsewhere keeps working (its graphs compile again on the next call)."""
-    import gc
-
-    import mindspore as ms
+    """Drop every loaded model and its compiled graphs and return the memory; a model still referenced
+    elsewhere keeps working (its graphs compile again on the next call)."""
+    from pmg_models import runtime
 
     with DEVICE_LOCK:  # no chunk is running a compiled graph while they are dropped
         _cache.clear()
-        gc.collect()
-        ms.ms_memory_recycle()
+        runtime.release_host_memory()
         RELEASES["models"] += 1
 
 
