@@ -37,8 +37,8 @@ def _make_room(kind: str, path) -> None:
     """If this model would not fit in memory next to those already loaded, release them first.
 
     A backfill uses one model per stage (Llama, then SD, then CLIP), so on a machine that holds each
-    but not all three (a 7B Llama and SD 2.1 on 32 GB) the stages still run; with room for all, every
-    model stays loaded for the process's later runs.
+    but not all three the stages still run, reloading per run; with room for all, every model stays
+    loaded for the process's later runs. With PMG_MEMORY_CHECK=0 nothing is released.
     """
     if not _cache:
         return
