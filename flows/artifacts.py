@@ -108,7 +108,19 @@ def run_metrics(ctx, gallery: Path | None) -> dict:
             "pairs": sel.get("pairs", 0), **total,
             "pairs_per_hour": _per_hour(stages.get("generate", {}).get("processed", 0), seconds),
             "posters": posters, "mean_z": mean_z, "mean_d_p": mean_d_p, "mean_d_t": mean_d_t, "stages": stages,
-            "gallery": str(gallery) if gallery else None, "flow_run_id": _flow_run_id()}
+            "gallery": str(gallery) if gallery else None, "flow_run_id": _flow_run_id(),
+            "peak_rss_mb": _peak_rss_mb(ctx)}
+
+
+def _peak_rss_mb(ctx) -> float | None:
+    """The flow process's peak memory since the run started, when it is the process that ran the models."""
+    from prefect.context import FlowRunContext
+
+    from flows.runner import peak_rss_mb
+
+    run = FlowRunContext.get()
+    on_dask = run is not None and type(run.task_runner).__name__ == "DaskTaskRunner"
+    return peak_rss_mb() if ctx.peak_from_start and not on_dask else None
 
 
 def create_artifacts(flow: str, run_id: str, m: dict) -> None:
@@ -136,6 +148,7 @@ def report_markdown(m: dict) -> str:
         f"| images generated | {m['images']} |",
         f"| items processed / skipped / failed | {m['processed']} / {m['skipped']} / {m['failed']} |",
         f"| wall time | {m['seconds']:.1f} s ({num(m['pairs_per_hour'], '{:.0f}')} pairs generated/hour) |",
+        f"| peak memory of the flow process | {num(m.get('peak_rss_mb'), '{:,.0f} MB')} |",
         f"| selected posters | {m['posters']} (mean z {num(m['mean_z'])}, d_p {num(m['mean_d_p'], '{:.2f}')}, "
         f"d_t {num(m['mean_d_t'], '{:.2f}')}) |", "",
         f"Gallery: {gallery}", "",

@@ -44,6 +44,27 @@ class RunContext:
     counts: dict = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     last_publish: float = field(default_factory=time.monotonic)
+    peak_from_start: bool = field(default_factory=lambda: reset_peak_rss())  # VmHWM counts from the run's start
+
+
+def reset_peak_rss() -> bool:
+    """Restart this process's peak-RSS count (Linux /proc/self/clear_refs); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM) in MB; None where it cannot be read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def task_runner():

@@ -17,8 +17,8 @@ def read_artifact(key: str):
 
 def test_run_metrics_row_visible_to_pmg_sql(backfilled, capsys):
     root, result = backfilled
-    query = (f"SELECT flow, users, pairs, images, processed, failed, posters, mean_z IS NOT NULL, gallery "
-             f"FROM run_metrics WHERE run_id = '{result['run_id']}'")
+    query = (f"SELECT flow, users, pairs, images, processed, failed, posters, mean_z IS NOT NULL, gallery, "
+             f"peak_rss_mb FROM run_metrics WHERE run_id = '{result['run_id']}'")
     assert cli.main(["--warehouse", str(root), "sql", query, "--format", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     counts = result["counts"]
@@ -28,6 +28,8 @@ def test_run_metrics_row_visible_to_pmg_sql(backfilled, capsys):
     assert row["processed"] == sum(counts[s]["processed"] for s in ("item_keywords", "preferences", "generate", "score"))
     assert row["gallery"] == str(root / "gallery" / "index.html") == result["gallery"]
     assert (root / "gallery" / "index.html").is_file()
+    # the thread runner's models live in this process: its peak since the run started (MB)
+    assert 50 < row["peak_rss_mb"] < 24 * 1024
 
 
 def test_prefect_artifacts_summary_progress_report(backfilled):
@@ -42,6 +44,7 @@ def test_prefect_artifacts_summary_progress_report(backfilled):
     report = read_artifact(artifact_key("backfill", "report"))
     assert report.type == "markdown" and result["run_id"] in report.data
     assert str(root / "gallery" / "index.html") in report.data and "selected posters" in report.data
+    assert "| peak memory of the flow process | " in report.data and " MB |" in report.data
 
     bar = read_artifact(artifact_key("backfill", "progress"))
     assert bar.type == "progress" and float(bar.data) == 100.0

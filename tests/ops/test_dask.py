@@ -48,6 +48,8 @@ def test_backfill_on_dask_matches_thread_runner(backfilled, make_warehouse):
     assert all(n <= 1 for s in states.values() for n in s["loads"].values()), states
     assert sum(s["loads"].get("sd", 0) for s in states.values()) >= 1
     assert all(s["writers"] == 0 for s in states.values())
+    with connect_reader(dask_root) as con:  # the flow process's memory says nothing of the workers'
+        assert con.execute("SELECT peak_rss_mb FROM run_metrics").fetchall() == [(None,)]
 
 
 def test_the_memory_check_counts_the_processes_that_load_models_on_this_machine():

@@ -2,4 +2,4 @@
 DELETE FROM run_metrics WHERE run_id = $run_id;
 INSERT INTO run_metrics
 SELECT $run_id, $flow, now()::TIMESTAMP, $seconds, $users, $pairs, $processed, $skipped, $failed, $images,
-       $pairs_per_hour, $posters, $mean_z, $mean_d_p, $mean_d_t, $stages::JSON, $gallery, $flow_run_id
+       $pairs_per_hour, $posters, $mean_z, $mean_d_p, $mean_d_t, $stages::JSON, $gallery, $flow_run_id, $peak_rss_mb
