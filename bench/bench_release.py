@@ -46,8 +46,7 @@ def main(argv=None) -> int:
         lm.generate_ids(prompts, 16, Sampling(), [0] * 8)
         loaded = rss_mb()
         del lm
-        with resources.DEVICE_LOCK:
-            resources._cache.clear()
+        resources.clear_cache()
         gc.collect()
         dropped = rss_mb()
         if not args.objects_only:

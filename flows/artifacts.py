@@ -116,10 +116,11 @@ def _peak_rss_mb(ctx) -> float | None:
     """The flow process's peak memory since the run started, when it is the process that ran the models."""
     from prefect.context import FlowRunContext
 
+    from flows.dask_runner import is_dask
     from flows.runner import peak_rss_mb
 
     run = FlowRunContext.get()
-    on_dask = run is not None and type(run.task_runner).__name__ == "DaskTaskRunner"
+    on_dask = run is not None and is_dask(run.task_runner)
     return peak_rss_mb() if ctx.peak_from_start and not on_dask else None
 
 

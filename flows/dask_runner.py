@@ -31,10 +31,15 @@ def local_cluster_kwargs(n_workers: int) -> dict:
     return {"n_workers": n_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
 
 
+def is_dask(task_runner) -> bool:
+    """Whether the tasks run in Dask workers (not in the flow's process)."""
+    return type(task_runner).__name__ == "DaskTaskRunner"  # no import: prefect-dask is an optional extra
+
+
 def model_processes(task_runner) -> int:
     """Processes on this machine that load the models under `task_runner`: this one (thread runner), a
     temporary local cluster's workers, or none (a cluster at an address runs them elsewhere)."""
-    if type(task_runner).__name__ != "DaskTaskRunner":  # no import: prefect-dask is an optional extra
+    if not is_dask(task_runner):
         return 1
     if task_runner.address:
         return 0

@@ -44,7 +44,7 @@ class RunContext:
     counts: dict = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     last_publish: float = field(default_factory=time.monotonic)
-    peak_from_start: bool = field(default_factory=lambda: reset_peak_rss())  # VmHWM counts from the run's start
+    peak_from_start: bool = False  # VmHWM was reset when the run started (reset_peak_rss)
 
 
 def reset_peak_rss() -> bool:
@@ -124,7 +124,8 @@ def pipeline_run(warehouse, flow: str, params: dict, lineage: dict, timeout_s: f
     with connect_writer(root, timeout_s) as con:
         recover(con, root)
         run_id = new_run_id(flow)
-        ctx = RunContext(root, con, run_id, flow, {**params, "run_id": run_id, "root": str(root)})
+        ctx = RunContext(root, con, run_id, flow, {**params, "run_id": run_id, "root": str(root)},
+                         peak_from_start=reset_peak_rss())
         con.execute("INSERT INTO runs (run_id, flow, status, parameters, checkpoints, prompt_version, code_version,"
                     " started_at) VALUES (?, ?, 'running', ?, ?, ?, ?, now()::TIMESTAMP)",
                     [run_id, flow, json.dumps(params, default=str), json.dumps(lineage["checkpoints"]),

@@ -31,29 +31,34 @@ def describe(path: Path) -> dict:
 
 
 def _component(path: Path) -> dict:
-    config = json.loads((path / "config.json").read_text())
-    stem = "diffusion_pytorch_model" if "_class_name" in config else "model"
-    if config.get("_class_name") in PARAMETER_FREE:
-        files = []
-    elif stem == "model":
-        files = checkpoint.weight_files(path, stem)
-    else:
-        files = checkpoint.component_files(path, stem)
+    config, files = _weights(path)
     params, dtypes = checkpoint.parameter_count(files)
     return {"path": str(path), "kind": config.get("model_type") or config.get("_class_name"),
             "config": {k: config[k] for k in _KEY_FIELDS if k in config},
             "parameters": params, "weight_dtypes": dtypes, "fingerprint": checkpoint.fingerprint(path)}
 
 
+def _weights(path: Path) -> tuple[dict, list[Path]]:
+    """A model or component directory's config and safetensors files (none for a parameter-free one)."""
+    config = json.loads((path / "config.json").read_text())
+    if config.get("_class_name") in PARAMETER_FREE:
+        return config, []
+    if "_class_name" in config:  # a diffusers component
+        return config, checkpoint.component_files(path, "diffusion_pytorch_model")
+    return config, checkpoint.weight_files(path, "model")
+
+
+def _components(path: Path) -> list[str]:
+    """The weight-bearing component folders a diffusers pipeline's model_index.json names."""
+    index = json.loads((path / "model_index.json").read_text())
+    return [name for name, spec in index.items()
+            if not name.startswith("_") and isinstance(spec, list) and (path / name / "config.json").exists()
+            and name not in ("scheduler", "tokenizer", "feature_extractor")]
+
+
 def _diffusers(path: Path) -> dict:
     index = json.loads((path / "model_index.json").read_text())
-    parts = {}
-    for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or not (path / name / "config.json").exists():
-            continue
-        if name in ("scheduler", "tokenizer", "feature_extractor"):
-            continue
-        parts[name] = _component(path / name)
+    parts = {name: _component(path / name) for name in _components(path)}
     return {"path": str(path), "kind": index.get("_class_name"),
             "components": {k: {kk: v[kk] for kk in ("kind", "config", "parameters")} for k, v in parts.items()},
             "parameters": sum(p["parameters"] for p in parts.values()),
@@ -61,9 +66,12 @@ def _diffusers(path: Path) -> dict:
 
 
 def parameters(path: Path) -> int | None:
-    """Parameter count of any supported checkpoint from its headers; None if it has no safetensors index
-    to read (e.g. a mindformers `.ckpt` directory, whose loader reports its own problems)."""
+    """Parameter count of any supported checkpoint from its headers alone (no fingerprint); None if it
+    has no safetensors index to read (e.g. a mindformers `.ckpt` directory, whose loader reports its
+    own problems)."""
+    path = Path(path)
     try:
-        return describe(Path(path))["parameters"]
+        dirs = [path / n for n in _components(path)] if (path / "model_index.json").exists() else [path]
+        return sum(checkpoint.parameter_count(_weights(d)[1])[0] for d in dirs)
     except (CheckpointError, OSError, ValueError, KeyError):
         return None
