@@ -23,7 +23,7 @@ from mindspore import nn, ops, Parameter, Tensor
 from mindspore.common.initializer import initializer
 
 from pmg_models import checkpoint, runtime
-from pmg_models.ops import CacheAttention, Linear as Dense, MatMulT, RMSNorm, Softmax, SwiGLU, neg_inf
+from pmg_models.ops import CacheAttention, Linear as Dense, MatMulT, RMSNorm, Rope, Softmax, SwiGLU, neg_inf
 
 
 @dataclass(frozen=True)
@@ -130,13 +130,6 @@ def rope_tables(cfg: LlamaConfig, length: int) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(emb), np.sin(emb)
 
 
-def _rotate(x, cos, sin):
-    """RoPE in HF's rotate-half form: x·cos + [-x2, x1]·sin. x (B,T,H,D), cos/sin (B,T,1,D)."""
-    half = x.shape[-1] // 2
-    rotated = ops.concat([-x[..., half:], x[..., :half]], -1)
-    return x * cos + rotated * sin
-
-
 class LlamaAttention(nn.Cell):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -152,14 +145,15 @@ class LlamaAttention(nn.Cell):
         self.scatter = ops.ScatterUpdate()
         self.softmax = Softmax()
         self.cache_attention = CacheAttention()
+        self.rope = Rope()  # HF's rotate-half form
 
     def _q(self, x, cos, sin):
         b, t = x.shape[0], x.shape[1]
-        return _rotate(self.q_proj(x).reshape(b, t, self.n_heads, self.d), cos, sin)  # (B,T,H,D)
+        return self.rope(self.q_proj(x).reshape(b, t, self.n_heads, self.d), cos, sin)  # (B,T,H,D)
 
     def _kv(self, x, cos, sin):
         b, t = x.shape[0], x.shape[1]
-        k = _rotate(self.k_proj(x).reshape(b, t, self.n_kv, self.d), cos, sin)
+        k = self.rope(self.k_proj(x).reshape(b, t, self.n_kv, self.d), cos, sin)
         v = self.v_proj(x).reshape(b, t, self.n_kv, self.d)
         return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B,Hkv,T,D)
 

@@ -60,6 +60,32 @@ class SwiGLU(nn.Cell):
         return gate * ops.sigmoid(gate) * up
 
 
+class Rope(nn.Cell):
+    """Rotary position embedding in HF's rotate-half form: x·cos + [-x2, x1]·sin for x (B,T,H,D) and
+    cos/sin (B,T,1,D). The native kernel gives the classic form's bytes in one pass instead of seven."""
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _kernel("Rope", _same_shape, bprop=_rope_bprop)
+
+    def construct(self, x, cos, sin):
+        if self.kernel is not None:
+            return self.kernel(x, cos, sin)
+        return rotate_half(x, cos, sin)
+
+
+def rotate_half(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * cos + ops.concat([-x[..., half:], x[..., :half]], -1) * sin
+
+
+def _rope_bprop(x, cos, sin, out, dout):
+    # dx = dy·cos + [u2, -u1] for u = dy·sin (the transpose of the rotation); positions have no gradient
+    half = dout.shape[-1] // 2
+    u = dout * sin
+    return dout * cos + ops.concat([u[..., half:], -u[..., :half]], -1), ops.zeros_like(cos), ops.zeros_like(sin)
+
+
 class LayerNorm(nn.Cell):
     """LayerNorm over the last axis with HF parameter names (the functional ops.layer_norm has no CPU kernel)."""
 

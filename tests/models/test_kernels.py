@@ -61,6 +61,7 @@ def test_native_kernels_are_built_and_used_on_cpu():
     assert ops.GroupNorm(2, 4).kernel is not None and ops.LayerNorm(8).kernel is not None
     assert ops.GEGLU().kernel is not None and ops.Upsample2x().kernel is not None
     assert ops.RMSNorm(8).kernel is not None and ops.SwiGLU().kernel is not None
+    assert ops.Rope().kernel is not None
     assert ops.Softmax().grad is not None
     assert kernels.convolutions() and ops.Conv2d(2, 3, 3).native is not None
     assert ops.PlanesToTokens().kernel is not None and ops.TokensToPlanes().kernel is not None
@@ -616,3 +617,35 @@ def test_projections_between_planes_and_tokens_are_batch_independent():
     full = run(0, 3)
     for lo, hi in [(1, 2), (2, 3)]:
         assert all(np.array_equal(a, f[lo:hi]) for a, f in zip(run(lo, hi), full))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_rope_kernel_gives_the_classic_bytes_and_torch_gradients(compiled):
+    """One pass, rounded as the classic form (two products, then their sum): the same bytes; the
+    gradient (the rotation's transpose) against torch's autograd of HF's formula."""
+    from pmg_models import llama
+
+    cfg = llama.LlamaConfig.from_hf(dict(hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                                         num_attention_heads=4, vocab_size=50, max_position_embeddings=64))
+    cos_t, sin_t = llama.rope_tables(cfg, 64)
+    pos = rng.integers(0, 64, (3, 5))
+    cos, sin = cos_t[pos][:, :, None], sin_t[pos][:, :, None]  # (B,T,1,D)
+    x = (rng.standard_normal((3, 5, 4, 16)) * 4).astype(np.float32)
+    dout = rng.standard_normal(x.shape).astype(np.float32)
+    rope = ops.Rope()
+    assert rope.kernel is not None
+    args = [runtime.to_tensor(a) for a in (x, cos, sin)]
+    native = (ms.jit(rope) if compiled else rope)(*args).asnumpy()
+    classic = ops.rotate_half(*args).asnumpy()
+    assert np.array_equal(native, classic)
+
+    def loss(x, cos, sin):
+        return (rope(x, cos, sin) * runtime.to_tensor(dout)).sum()
+
+    fn = ms.grad(loss, 0)
+    dx = (ms.jit(fn) if compiled else fn)(*args).asnumpy()
+    xt = torch.tensor(x, requires_grad=True)
+    ct, st = torch.tensor(cos), torch.tensor(sin)
+    rotated = torch.cat([-xt[..., 8:], xt[..., :8]], -1)
+    ((xt * ct + rotated * st) * torch.tensor(dout)).sum().backward()
+    np.testing.assert_allclose(dx, xt.grad.numpy(), atol=1e-5)
