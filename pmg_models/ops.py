@@ -75,6 +75,7 @@ class Rope(nn.Cell):
 
 
 def rotate_half(x, cos, sin):
+    """The classic form (also Ascend's): seven ops."""
     half = x.shape[-1] // 2
     return x * cos + ops.concat([-x[..., half:], x[..., :half]], -1) * sin
 
