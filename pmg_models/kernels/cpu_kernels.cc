@@ -894,6 +894,17 @@ int linear_rows(int nparam, void **params, int *ndims, int64_t **shapes) {
 // lets through, once, for all query heads of a kv head. A slot whose additive mask is <= -1e8 (the masks use -1e9) would get exp(...) == 0
 // exactly, so skipping it changes nothing; a row with no open slot attends to all, like the softmax.
 // q: (B, G, R, D) (R query heads per kv head), k, v: (S, B, G, D), mask: (B, S) -> y: (B, G, R, D).
+// A kv head's slots are B*G*D floats apart, too far for the hardware prefetcher: with one query head per
+// kv head (MHA, e.g. Llama-2-7b) the reads are the bottleneck, and asking for the slot 16 ahead made
+// batch 32's attention 20-27 % faster (stand-alone, 129 of 256 slots open). With several query heads per
+// kv head (GQA) it cost up to 5 %, so it is left out there.
+constexpr int64_t kAhead = 16;
+
+inline void prefetch_row(const float *p, int64_t n) {
+  const char *c = reinterpret_cast<const char *>(p);
+  for (int64_t i = 0; i < n * 4; i += 64) __builtin_prefetch(c + i);
+}
+
 int cache_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
   if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 2) return 1;
   const float *q = static_cast<const float *>(params[0]);
@@ -927,6 +938,7 @@ int cache_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
         float *pr = p.data() + r * n, top = -INFINITY;
         for (int64_t j = 0; j < n; ++j) {
           const float *ks = kb + open[j] * stride;
+          if (R == 1 && j + kAhead < n) prefetch_row(kb + open[j + kAhead] * stride, D);
           float dot = 0.f;
           for (int64_t d = 0; d < D; ++d) dot += qr[d] * ks[d];
           pr[j] = dot * scale + mb[open[j]];
@@ -939,6 +951,7 @@ int cache_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
         std::fill(yr, yr + D, 0.f);
         for (int64_t j = 0; j < n; ++j) {
           const float w = pr[j] * inv, *vs = vb + open[j] * stride;
+          if (R == 1 && j + kAhead < n) prefetch_row(vb + open[j + kAhead] * stride, D);
           for (int64_t d = 0; d < D; ++d) yr[d] += w * vs[d];
         }
       }
