@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from bench import mkl_avx512
+
 
 def peak_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
@@ -46,8 +48,6 @@ def gemm_rates(n: int = 2048, repeats: int = 5) -> dict[str, float]:
 def describe_gemm(rates: dict[str, float]) -> str:
     """`peak fp32 GEMM 460 GFLOP/s (numpy 248, torch 210, mindspore 460)`; says so when the peer's MKL
     was forced onto its AVX-512 path (`python -m bench.mkl_avx512 ...`)."""
-    from bench import mkl_avx512
-
     parts = ", ".join(f"{k} {v:.0f}" for k, v in rates.items())
     forced = ", torch's MKL forced to AVX-512" if mkl_avx512.forced() else ""
     return f"peak fp32 GEMM {max(rates.values()):.0f} GFLOP/s ({parts}{forced})"

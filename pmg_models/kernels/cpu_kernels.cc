@@ -122,7 +122,10 @@ int rope(int nparam, void **params, int *ndims, int64_t **shapes) {
   const float *s = static_cast<const float *>(params[2]);
   float *y = static_cast<float *>(params[3]);
   const int64_t BT = shapes[0][0] * shapes[0][1], H = shapes[0][2], D = shapes[0][3], half = D / 2;
-  if (shapes[1][0] * shapes[1][1] != BT || shapes[1][2] != 1 || shapes[1][3] != D || D % 2 != 0) return 1;
+  for (int a = 1; a <= 2; ++a) {  // cos and sin: (B, T, 1, D)
+    if (shapes[a][0] * shapes[a][1] != BT || shapes[a][2] != 1 || shapes[a][3] != D) return 1;
+  }
+  if (D % 2 != 0) return 1;
   for (int64_t bt = 0; bt < BT; ++bt) {
     const float *cr = c + bt * D, *sr = s + bt * D;
     for (int64_t h = 0; h < H; ++h) {
@@ -889,15 +892,10 @@ int linear_rows(int nparam, void **params, int *ndims, int64_t **shapes) {
 
 #pragma GCC pop_options
 
-// --- One decode step's attention over a static, slot-major KV cache. Batched matmuls read every slot
-// of the cache, so a step's cost grew with the cache's capacity; this reads only the slots the mask
-// lets through, once, for all query heads of a kv head. A slot whose additive mask is <= -1e8 (the masks use -1e9) would get exp(...) == 0
-// exactly, so skipping it changes nothing; a row with no open slot attends to all, like the softmax.
-// q: (B, G, R, D) (R query heads per kv head), k, v: (S, B, G, D), mask: (B, S) -> y: (B, G, R, D).
-// A kv head's slots are B*G*D floats apart, too far for the hardware prefetcher: with one query head per
-// kv head (MHA, e.g. Llama-2-7b) the reads are the bottleneck, and asking for the slot 16 ahead made
-// batch 32's attention 20-27 % faster (stand-alone, 129 of 256 slots open). With several query heads per
-// kv head (GQA) it cost up to 5 %, so it is left out there.
+// The decode attention (below) reads a kv head's slots B*G*D floats apart, too far for the hardware
+// prefetcher: with one query head per kv head (MHA, e.g. Llama-2-7b) the reads are the bottleneck, and
+// asking for the slot 16 ahead made batch 32's attention 20-27 % faster (stand-alone, 129 of 256 slots
+// open). With several query heads per kv head (GQA) it cost up to 5 %, so it is left out there.
 constexpr int64_t kAhead = 16;
 
 inline void prefetch_row(const float *p, int64_t n) {
@@ -905,6 +903,11 @@ inline void prefetch_row(const float *p, int64_t n) {
   for (int64_t i = 0; i < n * 4; i += 64) __builtin_prefetch(c + i);
 }
 
+// --- One decode step's attention over a static, slot-major KV cache. Batched matmuls read every slot
+// of the cache, so a step's cost grew with the cache's capacity; this reads only the slots the mask
+// lets through, once, for all query heads of a kv head. A slot whose additive mask is <= -1e8 (the masks use -1e9) would get exp(...) == 0
+// exactly, so skipping it changes nothing; a row with no open slot attends to all, like the softmax.
+// q: (B, G, R, D) (R query heads per kv head), k, v: (S, B, G, D), mask: (B, S) -> y: (B, G, R, D).
 int cache_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
   if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 2) return 1;
   const float *q = static_cast<const float *>(params[0]);
