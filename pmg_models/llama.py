@@ -23,7 +23,8 @@ from mindspore import nn, ops, Parameter, Tensor
 from mindspore.common.initializer import initializer
 
 from pmg_models import checkpoint, runtime
-from pmg_models.ops import CacheAttention, Linear as Dense, MatMulT, RMSNorm, Rope, Softmax, SwiGLU, neg_inf
+from pmg_models.ops import (CacheAttention, Linear as Dense, MaskedAttention, MatMulT, RMSNorm, Rope, Softmax,
+                            SwiGLU, neg_inf)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class LlamaAttention(nn.Cell):
         self.scatter = ops.ScatterUpdate()
         self.softmax = Softmax()
         self.cache_attention = CacheAttention()
+        self.masked_attention = MaskedAttention()
         self.rope = Rope()  # HF's rotate-half form
 
     def _q(self, x, cos, sin):
@@ -181,10 +183,18 @@ class LlamaAttention(nn.Cell):
             keys, values = ops.concat([prefix_k, k], 2), ops.concat([prefix_v, v], 2)
         return self._attend(q, keys, values, mask), k, v
 
-    def last_query(self, x, cos, sin, mask):
-        """Keys/values of every position, attention for the last query only: (out (B,1,C), k, v)."""
-        k, v = self._kv(x, cos, sin)
-        return self._attend(self._q(x[:, -1:], cos[:, -1:], sin[:, -1:]), k, v, mask[:, :, :, -1:]), k, v
+    def prefill(self, x, cos, sin, mask, last: bool = False):
+        """A prompt pass in the token-major layout of the cache: x (T,B,C), cos/sin (T,B,1,D), mask (B,T,T).
+        Returns (out, k, v) with k, v (T,B,Hkv,D) ready for the cache; with `last`, out is for the last
+        position only (1,B,C), as the last layer's queries, attention and MLP are needed nowhere else."""
+        t, b = x.shape[0], x.shape[1]
+        k = self.rope(self.k_proj(x).reshape(t, b, self.n_kv, self.d), cos, sin)
+        v = self.v_proj(x).reshape(t, b, self.n_kv, self.d)
+        if last:
+            x, cos, sin, mask = x[-1:], cos[-1:], sin[-1:], mask[:, -1:]
+        q = self.rope(self.q_proj(x).reshape(x.shape[0], b, self.n_heads, self.d), cos, sin)
+        out = self.masked_attention(q, k, v, mask)
+        return self.o_proj(out.reshape(x.shape[0], b, self.n_heads * self.d)), k, v
 
     def step(self, x, cos, sin, mask, k_cache, v_cache, slots):
         """Write this step's keys/values into the slot-major cache Parameters (S,B,Hkv,D) in place at
@@ -225,10 +235,10 @@ class LlamaDecoderLayer(nn.Cell):
         h = h + attn
         return h + self.mlp(self.post_attention_layernorm(h)), k, v
 
-    def last_position(self, h, cos, sin, mask):
-        """The layer's output at the last position only (B,1,C), with every position's keys/values."""
-        attn, k, v = self.self_attn.last_query(self.input_layernorm(h), cos, sin, mask)
-        h = h[:, -1:] + attn
+    def prefill(self, h, cos, sin, mask, last: bool = False):
+        """Token-major (T,B,C) prompt pass (see LlamaAttention.prefill); returns (h, k, v)."""
+        attn, k, v = self.self_attn.prefill(self.input_layernorm(h), cos, sin, mask, last)
+        h = (h[-1:] if last else h) + attn
         return h + self.mlp(self.post_attention_layernorm(h)), k, v
 
     def step(self, h, cos, sin, mask, k_cache, v_cache, slots):
@@ -341,19 +351,22 @@ class KVRunner(nn.Cell):
     def prefill(self, input_ids, position_ids, mask, slots):
         """Run the prompt (B,T) and fill cache slots [0,T); returns last-position logits (B,V).
 
-        `mask` is (B,1,1,T,T) additive; `slots` (T,) are the cache slots written.
+        `mask` is (B,1,1,T,T) additive; `slots` (T,) are the cache slots written. The pass runs token-major
+        (T,B,C): the keys/values come out in the slot-major cache's order, so they are written untransposed.
         """
         model = self.lm.model
-        cos, sin = model.rope(position_ids)
-        h = model.embed_tokens(input_ids)
+        t = input_ids.shape[1]
+        cos, sin = model.rope(position_ids.transpose(1, 0))
+        h = model.embed_tokens(input_ids.transpose(1, 0))
+        mask = mask.reshape(mask.shape[0], t, t)
         last = len(model.layers) - 1
         for i, layer in enumerate(model.layers):
             # only the last position's logits are returned: the last layer needs every position's keys
             # and values (for the cache) but queries, attention output and MLP for one position only
-            h, k, v = layer.last_position(h, cos, sin, mask) if i == last else layer(h, cos, sin, mask)
-            h = ops.depend(h, self.scatter(self.k_cache[i], slots, k.transpose(2, 0, 1, 3)))
-            h = ops.depend(h, self.scatter(self.v_cache[i], slots, v.transpose(2, 0, 1, 3)))
-        return self.lm.logits(model.norm(h[:, -1]))
+            h, k, v = layer.prefill(h, cos, sin, mask, i == last)
+            h = ops.depend(h, self.scatter(self.k_cache[i], slots, k))
+            h = ops.depend(h, self.scatter(self.v_cache[i], slots, v))
+        return self.lm.logits(model.norm(h[-1]))
 
     def decode(self, input_ids, position_ids, mask, slots):
         """One step for tokens (B,1) at cache slot `slots` (1,); mask (B,1,1,1,S). Returns logits (B,V)."""

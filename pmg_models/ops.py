@@ -375,6 +375,37 @@ class CacheAttention(nn.Cell):
         return self.bmm(ops.softmax(scores, -1), v)
 
 
+class MaskedAttention(nn.Cell):
+    """softmax(q kᵀ/√D + mask) v in the token-major layout the Llama KV cache is written in: q (Tq, B, H, D),
+    k/v (Tk, B, G, D) with query head h reading kv head h // (H / G), additive mask (B, Tq, Tk) →
+    (Tq, B, H, D). Inference only (a prompt's prefill).
+
+    On CPU the native kernel reads the heads in place (no transposes), adds the mask in cache and
+    multiplies only the keys a block of queries may see; the classic form transposes to (B, G, R·Tq, D)
+    for batched matmuls.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _kernel("MaskedAttention", _same_shape)
+        self.bmm_t = ops.BatchMatMul(transpose_b=True)
+        self.bmm = ops.BatchMatMul()
+        self.softmax = Softmax()
+
+    def construct(self, q, k, v, mask):
+        if self.kernel is not None:
+            return self.kernel(q, k, v, mask)
+        tq, b, h, d = q.shape
+        tk, g = k.shape[0], k.shape[2]
+        r = h // g
+        q = q.reshape(tq, b, g, r, d).transpose(1, 2, 3, 0, 4).reshape(b, g, r * tq, d)
+        k, v = k.transpose(1, 2, 0, 3), v.transpose(1, 2, 0, 3)
+        scores = (self.bmm_t(q, k) * (d ** -0.5)).reshape(b, g, r, tq, tk) + mask.reshape(b, 1, 1, tq, tk)
+        probs = self.softmax(scores).reshape(b, g, r * tq, tk)
+        out = self.bmm(probs, v).reshape(b, g, r, tq, d).transpose(3, 0, 1, 2, 4)
+        return out.reshape(tq, b, h, d)
+
+
 class MatMulT(nn.Cell):
     """x (M, I) · wᵀ for w (O, I), plus an optional bias (O) and residual (M, O).
 

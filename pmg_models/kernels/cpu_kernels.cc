@@ -1137,6 +1137,68 @@ int attention(int nparam, void **params, int *ndims, int64_t **shapes) {
   return 0;
 }
 
+// --- A prompt's attention for the Llama KV cache, token-major (the order the cache is written in, so no
+// transposes around it): q (Tq, B, H, D), k, v (Tk, B, G, D) (query head h reads kv head h / (H / G)),
+// additive mask (B, Tq, Tk) -> y (Tq, B, H, D); softmax(q k^T / sqrt(D) + mask) v. Queries go in blocks
+// of kMaskedBlock; a block multiplies only the keys from the first to the last one any of its rows may
+// see (the mask is causal with left padding: about half the score square is skipped at long prompts).
+// A skipped key's mask is <= -1e8 for every row of the block (the masks use -1e9), so it would get
+// exp(...) == 0 exactly; a block with no open key attends to all, like the softmax. Blocks depend on Tq
+// only, so a row's result does not depend on the batch.
+constexpr int64_t kMaskedBlock = 32;
+
+int masked_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
+  const sgemm_t gemm = sgemm();
+  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 3 || gemm == nullptr) return 1;
+  const float *q = static_cast<const float *>(params[0]);
+  const float *k = static_cast<const float *>(params[1]);
+  const float *v = static_cast<const float *>(params[2]);
+  const float *mask = static_cast<const float *>(params[3]);
+  float *y = static_cast<float *>(params[4]);
+  const int64_t Tq = shapes[0][0], B = shapes[0][1], H = shapes[0][2], D = shapes[0][3];
+  const int64_t Tk = shapes[1][0], G = shapes[1][2];
+  for (int a = 1; a <= 2; ++a) {
+    if (shapes[a][0] != Tk || shapes[a][1] != B || shapes[a][2] != G || shapes[a][3] != D) return 1;
+  }
+  if (G <= 0 || H % G != 0 || shapes[3][0] != B || shapes[3][1] != Tq || shapes[3][2] != Tk) return 1;
+  const int64_t R = H / G, ldq = B * H * D, ldk = B * G * D, blocks = (Tq + kMaskedBlock - 1) / kMaskedBlock;
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  const int64_t items = B * H * blocks;
+  const int T = threads_for(4 * B * H * Tq * Tk * D >> 24, items);
+  run_threads(T, [&](int t) {
+    std::vector<float> s(kMaskedBlock * Tk), inv(kMaskedBlock);
+    for (int64_t item = items * t / T; item < items * (t + 1) / T; ++item) {
+      const int64_t b = item / (H * blocks), h = item / blocks % H, q0 = item % blocks * kMaskedBlock;
+      const int64_t m = std::min(kMaskedBlock, Tq - q0), g = h / R;
+      const float *mb = mask + (b * Tq + q0) * Tk;
+      int64_t lo = Tk, hi = 0;
+      for (int64_t r = 0; r < m; ++r) {
+        const float *mr = mb + r * Tk;
+        int64_t j = 0, e = Tk;
+        while (j < Tk && mr[j] <= -1e8f) ++j;
+        while (e > j && mr[e - 1] <= -1e8f) --e;
+        if (j < e) lo = std::min(lo, j), hi = std::max(hi, e);
+      }
+      if (lo >= hi) lo = 0, hi = Tk;
+      const int64_t n = hi - lo;
+      float *yb = y + (q0 * B + b) * H * D + h * D;
+      const float *kb = k + (lo * B + b) * G * D + g * D, *vb = v + (lo * B + b) * G * D + g * D;
+      gemm('N', 'T', m, n, D, scale, q + (q0 * B + b) * H * D + h * D, ldq, kb, ldk, 0.f, s.data(), n);
+      for (int64_t r = 0; r < m; ++r) {
+        float *row = s.data() + r * n;
+        const float *mr = mb + r * Tk + lo;
+        for (int64_t j = 0; j < n; ++j) row[j] += mr[j];
+        inv[r] = 1.f / exp_sum(row, n, row_max(row, n));
+      }
+      gemm('N', 'N', m, D, n, 1.f, s.data(), n, vb, ldk, 0.f, yb, ldq);
+      for (int64_t r = 0; r < m; ++r) {
+        for (int64_t d = 0; d < D; ++d) yb[r * ldq + d] *= inv[r];
+      }
+    }
+  });
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -1152,6 +1214,9 @@ int DenseToPlanes(int np, void **p, int *nd, int64_t **s, const char **, void *,
   return dense_to_planes(np, p, nd, s);
 }
 int Attention(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) { return attention(np, p, nd, s); }
+int MaskedAttention(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
+  return masked_attention(np, p, nd, s);
+}
 int CacheAttention(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
   return cache_attention(np, p, nd, s);
 }

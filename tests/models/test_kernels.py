@@ -437,6 +437,54 @@ def test_cache_attention_reads_only_open_slots_and_rows_are_independent():
     assert np.array_equal(one, out[1:2])
 
 
+def _masked_case(tq=70, tk=70, b=3, h=4, g=2, d=16, pads=(0, 9, 30)):
+    """Token-major q (Tq,B,H,D), k/v (Tk,B,G,D) and the prefill's additive mask (B,Tq,Tk): causal, with
+    left padding per row (queries are the last Tq positions); 30 pads leave a block of 32 queries
+    with two real rows."""
+    q = rng.standard_normal((tq, b, h, d)).astype(np.float32) * 2
+    k, v = (rng.standard_normal((tk, b, g, d)).astype(np.float32) * 2 for _ in range(2))
+    rows = np.arange(tk - tq, tk)[:, None]
+    allowed = (np.arange(tk)[None] <= rows)[None] & (np.arange(tk)[None, None] >= np.array(pads)[:, None, None])
+    return q, k, v, np.where(allowed, 0.0, -1e9).astype(np.float32), allowed
+
+
+def _masked_torch(q, k, v, allowed):
+    """torch's SDPA on the real rows' view: (B,H,T,D) with each kv head repeated for its query heads."""
+    rep = q.shape[2] // k.shape[2]
+    qt, kt, vt = (torch.tensor(a).permute(1, 2, 0, 3) for a in (q, k, v))
+    kt, vt = kt.repeat_interleave(rep, 1), vt.repeat_interleave(rep, 1)
+    out = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=torch.tensor(allowed)[:, None])
+    return out.permute(2, 0, 1, 3).numpy()
+
+
+@pytest.mark.parametrize("shape", [(70, 70), (1, 70), (5, 5)], ids=["prompt", "last-query", "short"])
+@pytest.mark.parametrize("native", [True, False], ids=["native", "classic"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_masked_attention_matches_torch(shape, native, compiled):
+    tq, tk = shape
+    q, k, v, mask, allowed = _masked_case(tq, tk, pads=(0, 2, 3) if tk < 30 else (0, 9, 30))
+    att = ops.MaskedAttention()
+    if not native:
+        att.kernel = None
+    assert native == (att.kernel is not None)
+    out = (ms.jit(att) if compiled else att)(*(runtime.to_tensor(a) for a in (q, k, v, mask))).asnumpy()
+    real = allowed.any(-1).T  # (Tq, B): query rows that see at least one key (padding rows are never read)
+    np.testing.assert_allclose(out[real], _masked_torch(q, k, v, allowed)[real], atol=2e-5 * 8)
+    assert np.isfinite(out).all()
+
+
+def test_masked_attention_skips_closed_keys_and_rows_are_batch_independent():
+    q, k, v, mask, allowed = _masked_case()
+    att = ops.MaskedAttention()
+    out = att(*(runtime.to_tensor(a) for a in (q, k, v, mask))).asnumpy()
+    closed = ~allowed.any(1).T[:, :, None, None]  # (Tk, B, 1, 1): keys no query may see (left padding)
+    k2, v2 = np.where(closed, 1e6, k), np.where(closed, np.nan, v)
+    again = att(*(runtime.to_tensor(a) for a in (q, k2, v2, mask))).asnumpy()
+    assert np.array_equal(again, out)
+    one = att(*(runtime.to_tensor(a) for a in (q[:, 1:2], k[:, 1:2], v[:, 1:2], mask[1:2]))).asnumpy()
+    assert np.array_equal(one, out[:, 1:2])
+
+
 def test_kernel_threads_survive_fork(tmp_path):
     """The worker pool belongs to one process: a forked child (Dask, multiprocessing) gets its own."""
     script = tmp_path / "fork.py"

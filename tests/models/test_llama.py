@@ -237,13 +237,15 @@ def test_gradients_flow_to_prefix_kv_and_soft_tokens(tiny):
 
 
 def test_decode_attention_kernel_matches_the_classic_form(tiny):
-    """The native decode attention (open cache slots only) and the classic batched matmuls over the whole
-    slot-major cache (Ascend, or no compiler) give the same step logits and the same greedy text."""
+    """The native prefill and decode attention (open keys and cache slots only) and the classic batched
+    matmuls over the whole slot-major cache (Ascend, or no compiler) give the same logits and greedy text."""
     path, _ = tiny
     native, classic = llama.load(path), llama.load(path)
     for layer in classic.net.model.layers:
         layer.self_attn.cache_attention.kernel, layer.self_attn.cache_attention.available = None, False
+        layer.self_attn.masked_attention.kernel = None
     assert native.net.model.layers[0].self_attn.cache_attention.available
+    assert native.net.model.layers[0].self_attn.masked_attention.kernel is not None
     rows = [native.tokenizer.encode(p) for p in ("The user liked Heat", "A much longer prompt about Amélie")]
     t = max(map(len, rows))
     tokens = np.array([[native.tokenizer.pad_id] * (t - len(r)) + r for r in rows], np.int32)
@@ -252,10 +254,11 @@ def test_decode_attention_kernel_matches_the_classic_form(tiny):
         cache, prefill, decode = lm.runner(2, cache_bucket(t + 4, lm.config.max_position_embeddings))
         real = np.zeros((2, cache.length), np.int32)
         real[:, :t] = (tokens != lm.tokenizer.pad_id)
-        lm._run_prefill(prefill, tokens, real)
+        steps.append(lm._run_prefill(prefill, tokens, real))
         real[:, t] = 1
         pos = real[:, :t].sum(1).astype(np.int32)
         steps.append(lm._run_decode(decode, np.array([5, 9], np.int32), pos, real, t))
-    assert np.abs(steps[0] - steps[1]).max() <= 1e-4 * max(1.0, np.abs(steps[1]).max())
+    for got, want in zip(steps[:2], steps[2:]):  # prefill, then decode step
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
     prompts = ["The user liked", "Star Wars (1977)"]
     assert native.generate(prompts, max_new_tokens=10) == classic.generate(prompts, max_new_tokens=10)
