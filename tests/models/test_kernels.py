@@ -457,12 +457,13 @@ def _masked_torch(q, k, v, allowed):
     return out.permute(2, 0, 1, 3).numpy()
 
 
-@pytest.mark.parametrize("shape", [(70, 70), (1, 70), (5, 5)], ids=["prompt", "last-query", "short"])
+@pytest.mark.parametrize("shape", [(70, 70, 16), (1, 70, 16), (5, 5, 16), (40, 40, 64), (9, 9, 24)],
+                         ids=["prompt", "last-query", "short", "d64", "d24-classic"])
 @pytest.mark.parametrize("native", [True, False], ids=["native", "classic"])
 @pytest.mark.parametrize("compiled", [False, True])
 def test_masked_attention_matches_torch(shape, native, compiled):
-    tq, tk = shape
-    q, k, v, mask, allowed = _masked_case(tq, tk, pads=(0, 2, 3) if tk < 30 else (0, 9, 30))
+    tq, tk, d = shape
+    q, k, v, mask, allowed = _masked_case(tq, tk, d=d, pads=(0, 2, 3) if tk < 30 else (0, 9, 30))
     att = ops.MaskedAttention()
     if not native:
         att.kernel = None
@@ -588,8 +589,8 @@ def test_classic_attention_slices_equal_the_whole(monkeypatch):
 
 
 def test_kernels_built_without_avx512_match_torch(tmp_path, monkeypatch):
-    """The 8-lane forms (AVX2 machines): few-row matmul tiles, attention's softmax and GroupNorm's SiLU
-    without the AVX-512 exp."""
+    """The 8-lane forms (AVX2 machines): few-row matmul and masked-attention tiles, attention's softmax and
+    GroupNorm's SiLU without the AVX-512 exp."""
     monkeypatch.setenv("PMG_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setattr(kernels, "FLAGS", kernels.FLAGS + ("-mno-avx512f",))
     kernels.library.cache_clear()
@@ -608,6 +609,10 @@ def test_kernels_built_without_avx512_match_torch(tmp_path, monkeypatch):
         want = torch.nn.functional.silu(torch.nn.functional.group_norm(torch.tensor(x), 4, eps=1e-6)).numpy()
         np.testing.assert_allclose(ops.GroupNorm(4, 8, 1e-6, silu=True)(runtime.to_tensor(x)).asnumpy(), want,
                                    atol=2e-5)   # the scalar SiLU
+        q, k, v, mask, allowed = _masked_case(70, 70)  # 2-register tiles, unpinned
+        got = ops.MaskedAttention()(*(runtime.to_tensor(a) for a in (q, k, v, mask))).asnumpy()
+        real = allowed.any(-1).T
+        np.testing.assert_allclose(got[real], _masked_torch(q, k, v, allowed)[real], atol=2e-5 * 8)
     finally:
         kernels.library.cache_clear()
 
