@@ -375,6 +375,32 @@ class CacheAttention(nn.Cell):
         return self.bmm(ops.softmax(scores, -1), v)
 
 
+class CacheWrite(nn.Cell):
+    """cache[slots] = x in place, for a slot-major cache Parameter (S, ...) and x (T, ...) with slots (T,)
+    int32; returns a value to order later reads on (`ops.depend`).
+
+    On CPU the native kernel copies the slots over threads, into the Parameter's own memory (marked as a
+    memory side effect, as ScatterUpdate is); MindSpore's ScatterUpdate, the classic form, copied at
+    about 3 GB/s (1.3 ms for a batch-8 prompt's 4 MB of keys).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = _kernel("CacheWrite", _token_shape)
+        if self.kernel is not None:
+            self.kernel.add_prim_attr("side_effect_mem", True)
+        self.scatter = ops.ScatterUpdate()
+
+    def construct(self, cache, slots, x):
+        if self.kernel is not None:
+            return self.kernel(cache, x, slots)
+        return self.scatter(cache, slots, x)
+
+
+def _token_shape(*_):
+    return (1,)
+
+
 class MaskedAttention(nn.Cell):
     """softmax(q kᵀ/√D + mask) v in the token-major layout the Llama KV cache is written in: q (Tq, B, H, D),
     k/v (Tk, B, G, D) with query head h reading kv head h // (H / G), additive mask (B, Tq, Tk) →

@@ -1309,6 +1309,29 @@ int masked_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
   return 0;
 }
 
+// --- Writes a prompt's keys or values into a slot-major cache in place: cache (S, B, G, D) (a Parameter's
+// memory), x (T, B, G, D), slots (T) int32 -> done (1) (a token to order on). MindSpore's ScatterUpdate
+// copied at 3 GB/s (1.3 ms per 4 MB at batch 8, 128 tokens, 16 calls a prefill); slots go over threads.
+int cache_write(int nparam, void **params, int *ndims, int64_t **shapes) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 1) return 1;
+  float *cache = static_cast<float *>(params[0]);
+  const float *x = static_cast<const float *>(params[1]);
+  const int32_t *slots = static_cast<const int32_t *>(params[2]);
+  const int64_t S = shapes[0][0], T = shapes[1][0], row = shapes[1][1] * shapes[1][2] * shapes[1][3];
+  if (shapes[0][1] * shapes[0][2] * shapes[0][3] != row || shapes[2][0] != T) return 1;
+  for (int64_t t = 0; t < T; ++t) {
+    if (slots[t] < 0 || slots[t] >= S) return 1;
+  }
+  const int n = threads_for(T * row >> 18, T);
+  run_threads(n, [&](int part) {
+    for (int64_t t = T * part / n; t < T * (part + 1) / n; ++t) {
+      std::memcpy(cache + slots[t] * row, x + t * row, sizeof(float) * row);
+    }
+  });
+  static_cast<float *>(params[3])[0] = 0.f;
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
@@ -1324,6 +1347,9 @@ int DenseToPlanes(int np, void **p, int *nd, int64_t **s, const char **, void *,
   return dense_to_planes(np, p, nd, s);
 }
 int Attention(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) { return attention(np, p, nd, s); }
+int CacheWrite(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
+  return cache_write(np, p, nd, s);
+}
 int MaskedAttention(int np, void **p, int *nd, int64_t **s, const char **, void *, void *) {
   return masked_attention(np, p, nd, s);
 }

@@ -486,6 +486,34 @@ def test_masked_attention_skips_closed_keys_and_rows_are_batch_independent():
     assert np.array_equal(one, out[:, 1:2])
 
 
+class _Cache(ms.nn.Cell):
+    """Writes slots of a cache Parameter, then reads the whole cache in the same graph."""
+
+    def __init__(self, native):
+        super().__init__()
+        self.cache = ms.Parameter(ms.Tensor(np.zeros((10, 2, 3, 16), np.float32)), requires_grad=False)
+        self.write = ops.CacheWrite()
+        if not native:
+            self.write.kernel = None
+
+    def construct(self, slots, x):
+        return ms.ops.depend(self.cache, self.write(self.cache, slots, x)) * 1.0
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "classic"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cache_write_updates_the_parameter_in_place_before_later_reads(native, compiled):
+    cell = _Cache(native)
+    assert native == (cell.write.kernel is not None)
+    run = ms.jit(cell) if compiled else cell
+    want = np.zeros((10, 2, 3, 16), np.float32)
+    for slots in ([0, 1, 2, 3], [7], [4, 9, 5]):
+        x = rng.standard_normal((len(slots), 2, 3, 16)).astype(np.float32)
+        want[slots] = x
+        seen = run(runtime.to_tensor(np.array(slots, np.int32)), runtime.to_tensor(x)).asnumpy()
+        assert np.array_equal(seen, want) and np.array_equal(cell.cache.asnumpy(), want)
+
+
 def test_kernel_threads_survive_fork(tmp_path):
     """The worker pool belongs to one process: a forked child (Dask, multiprocessing) gets its own."""
     script = tmp_path / "fork.py"
