@@ -193,7 +193,11 @@ class LlamaAttention(nn.Cell):
         if last:
             x, cos, sin, mask = x[-1:], cos[-1:], sin[-1:], mask[:, -1:]
         q = self.rope(self.q_proj(x).reshape(x.shape[0], b, self.n_heads, self.d), cos, sin)
-        out = self.masked_attention(q, k, v, mask)
+        if last and self.cache_attention.available:
+            # one query per row against T slot-major keys: a decode step's attention (nothing to pack)
+            out = self.cache_attention(q.reshape(b, self.n_kv, self.rep, self.d), k, v, mask.reshape(b, t))
+        else:
+            out = self.masked_attention(q, k, v, mask)
         return self.o_proj(out.reshape(x.shape[0], b, self.n_heads * self.d)), k, v
 
     def step(self, x, cos, sin, mask, k_cache, v_cache, slots):

@@ -1174,10 +1174,12 @@ inline v16 pinned(v16 x) {
   return x;
 }
 
-// s[r][j] = scale * (q_r . k_j) for ROWS query rows (ldq apart) and keys [0, n) packed transposed in kt
-// (D rows, ld floats apart, readable up to n rounded up to kKeyStep); s rows are ld long, their tails scratch.
+// s[r][j] = scale * (q_r . k_j) + mask[r][j] for ROWS query rows (q ldq, mask ldm apart) and keys [0, n)
+// packed transposed in kt (D rows, ld floats apart, readable up to n rounded up to kKeyStep); s rows are
+// ld long, their tails scratch.
 template <int ROWS>
-void score_rows(const float *q, int64_t ldq, const float *kt, int64_t ld, int64_t D, int64_t n, float scale, float *s) {
+void score_rows(const float *q, int64_t ldq, const float *kt, int64_t ld, int64_t D, int64_t n, float scale,
+                const float *mask, int64_t ldm, float *s) {
   for (int64_t j = 0; j < n; j += kKeyStep) {
     v16 acc[ROWS][kScoreVecs] = {};
     for (int64_t d = 0; d < D; ++d) {
@@ -1189,7 +1191,17 @@ void score_rows(const float *q, int64_t ldq, const float *kt, int64_t ld, int64_
       }
     }
     for (int r = 0; r < ROWS; ++r) {
-      for (int c = 0; c < kScoreVecs; ++c) store16(s + r * ld + j + 16 * c, acc[r][c] * scale);
+      for (int c = 0; c < kScoreVecs; ++c) {
+        const int64_t at = j + 16 * c;
+        float *out = s + r * ld + at;
+        const float *mr = mask + r * ldm + at;
+        if (at + 16 <= n) {
+          store16(out, acc[r][c] * scale + load16(mr));
+        } else {  // the mask row ends at n
+          store16(out, acc[r][c] * scale);
+          for (int64_t i = 0; i < n - at; ++i) out[i] += mr[i];
+        }
+      }
     }
   }
 }
@@ -1262,7 +1274,7 @@ int masked_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
       // this kv head's keys transposed (kt[d][j - first]) and values in rows (vp[j - first][d]): in the
       // cache's order a head's rows are B*G*D floats apart, often a power of two, so re-reading them
       // in place for every 4 queries kept missing the caches
-      kt.assign(D * ld, 0.f);
+      kt.resize(D * ld);  // columns past last - first feed only the scratch tails of s
       vp.resize((last - first) * D);
       for (int64_t j = first; j < last; ++j) {
         const float *kj = k + (j * B + b) * G * D + g * D, *vj = v + (j * B + b) * G * D + g * D;
@@ -1276,19 +1288,18 @@ int masked_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
           const int64_t q0 = blk * kMaskedBlock, m = std::min(kMaskedBlock, Tq - q0);
           const int64_t j0 = lo[b * blocks + blk], n = hi[b * blocks + blk] - j0;
           const float *qb = q + (q0 * B + b) * H * D + h * D, *kb = kt.data() + (j0 - first);
+          const float *mi = mask + (b * Tq + q0) * Tk + j0;
           for (int64_t i = 0; i < m; i += kScoreRows) {
             float *si = s.data() + i * ld;
             switch (std::min<int64_t>(kScoreRows, m - i)) {
-              case 4: score_rows<4>(qb + i * ldq, ldq, kb, ld, D, n, scale, si); break;
-              case 3: score_rows<3>(qb + i * ldq, ldq, kb, ld, D, n, scale, si); break;
-              case 2: score_rows<2>(qb + i * ldq, ldq, kb, ld, D, n, scale, si); break;
-              default: score_rows<1>(qb + i * ldq, ldq, kb, ld, D, n, scale, si);
+              case 4: score_rows<4>(qb + i * ldq, ldq, kb, ld, D, n, scale, mi + i * Tk, Tk, si); break;
+              case 3: score_rows<3>(qb + i * ldq, ldq, kb, ld, D, n, scale, mi + i * Tk, Tk, si); break;
+              case 2: score_rows<2>(qb + i * ldq, ldq, kb, ld, D, n, scale, mi + i * Tk, Tk, si); break;
+              default: score_rows<1>(qb + i * ldq, ldq, kb, ld, D, n, scale, mi + i * Tk, Tk, si);
             }
           }
           for (int64_t i = 0; i < m; ++i) {
             float *row = s.data() + i * ld;
-            const float *mr = mask + (b * Tq + q0 + i) * Tk + j0;
-            for (int64_t j = 0; j < n; ++j) row[j] += mr[j];
             inv[i] = 1.f / exp_sum(row, n, row_max(row, n));
           }
           const float *vb = vp.data() + (j0 - first) * D;
