@@ -3,10 +3,9 @@
 // Why: MindSpore's CPU LayerNorm and elementwise ops cost 0.1-0.5 ms each at UNet shapes and every
 // elementwise op is a separate pass; these do a whole norm (+ affine, + SiLU) or a GEGLU in one pass.
 // Its nearest-neighbour resize took 2-3 ms for a (2, 64, 32, 32) input, 35x torch's.
-// Single-threaded on purpose: an OpenMP team spinning between calls took the cores from MindSpore's own
-// thread pool (the small UNet step went from 160 to 560 ms), and these passes are memory-bound anyway.
-// The convolutions, the few-row matmul and the decode attention are the exception: they split their
-// work over a small pool whose threads sleep between calls (no spinning).
+// No OpenMP: a team spinning between calls took the cores from MindSpore's own thread pool (the small
+// UNet step went from 160 to 560 ms). The convolutions, matmuls and attentions, and Llama's RMSNorm, RoPE
+// and SwiGLU on a prompt's sizes, split their work over a small pool whose threads sleep between calls.
 // Signature (MindSpore aot): int f(nparam, params, ndims, shapes, dtypes, stream, extra); inputs first.
 #include <dlfcn.h>
 #ifdef __AVX512F__
@@ -32,6 +31,11 @@ int64_t numel(int ndim, const int64_t *shape, int upto) {
   for (int i = 0; i < upto && i < ndim; ++i) n *= shape[i];
   return n;
 }
+
+// fn(r0, r1) over [0, rows) in contiguous parts, on the kernel pool (below) when the pass touches more
+// than a few MB: one core could not stream a prefill's (1024, 2816) SwiGLU at the memory's speed (0.91 ms
+// alone, 0.47 ms on two). Each row is computed whole by one thread, so results do not change.
+void for_rows(int64_t rows, int64_t floats, const std::function<void(int64_t, int64_t)> &fn);
 
 // Mean and 1/sqrt(var + eps) of n floats, two passes (centered variance: no cancellation).
 inline void moments(const float *x, int64_t n, float eps, float *mean, float *rstd) {
@@ -98,35 +102,29 @@ int rms_norm(int nparam, void **params, int *ndims, int64_t **shapes) {
   const float eps = static_cast<const float *>(params[2])[0];
   float *y = static_cast<float *>(params[3]);
   const int64_t D = shapes[0][ndims[0] - 1], rows = numel(ndims[0], shapes[0], ndims[0] - 1);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float *xr = x + r * D;
-    float *yr = y + r * D;
-    float ss = 0.f;
-    for (int64_t i = 0; i < D; ++i) ss += xr[i] * xr[i];
-    const float rstd = 1.f / std::sqrt(ss / static_cast<float>(D) + eps);
-    for (int64_t i = 0; i < D; ++i) yr[i] = xr[i] * rstd * w[i];
-  }
+  for_rows(rows, rows * D, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *xr = x + r * D;
+      float *yr = y + r * D;
+      float ss = 0.f;
+      for (int64_t i = 0; i < D; ++i) ss += xr[i] * xr[i];
+      const float rstd = 1.f / std::sqrt(ss / static_cast<float>(D) + eps);
+      for (int64_t i = 0; i < D; ++i) yr[i] = xr[i] * rstd * w[i];
+    }
+  });
   return 0;
 }
 
 // RoPE in HF's rotate-half form, y = x cos + [-x2, x1] sin, in one pass: MindSpore's form is seven
 // (two slices, a negation, a concatenation, two products, a sum), about 7 % of a 170M Llama prefill.
 // Each output is rounded as there — two products, then their sum, never an FMA — so both forms give the
-// same bytes (hence no fast-math and no contraction here).
-// x: (B, T, H, D), cos, sin: (B, T, 1, D) -> y like x.
+// same bytes (hence no fast-math and no contraction here, in a named function: a lambda would not
+// inherit the attribute). Rows [r0, r1) of x: (rows, H, D), cos, sin: (rows, D).
 __attribute__((optimize("no-fast-math", "fp-contract=off")))
-int rope(int nparam, void **params, int *ndims, int64_t **shapes) {
-  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return 1;
-  const float *x = static_cast<const float *>(params[0]);
-  const float *c = static_cast<const float *>(params[1]);
-  const float *s = static_cast<const float *>(params[2]);
-  float *y = static_cast<float *>(params[3]);
-  const int64_t BT = shapes[0][0] * shapes[0][1], H = shapes[0][2], D = shapes[0][3], half = D / 2;
-  for (int a = 1; a <= 2; ++a) {  // cos and sin: (B, T, 1, D)
-    if (shapes[a][0] * shapes[a][1] != BT || shapes[a][2] != 1 || shapes[a][3] != D) return 1;
-  }
-  if (D % 2 != 0) return 1;
-  for (int64_t bt = 0; bt < BT; ++bt) {
+void rope_rows(const float *x, const float *c, const float *s, float *y, int64_t r0, int64_t r1, int64_t H,
+               int64_t D) {
+  const int64_t half = D / 2;
+  for (int64_t bt = r0; bt < r1; ++bt) {
     const float *cr = c + bt * D, *sr = s + bt * D;
     for (int64_t h = 0; h < H; ++h) {
       const float *xr = x + (bt * H + h) * D;
@@ -141,6 +139,21 @@ int rope(int nparam, void **params, int *ndims, int64_t **shapes) {
       }
     }
   }
+}
+
+// x: (B, T, H, D), cos, sin: (B, T, 1, D) -> y like x.
+int rope(int nparam, void **params, int *ndims, int64_t **shapes) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return 1;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *c = static_cast<const float *>(params[1]);
+  const float *s = static_cast<const float *>(params[2]);
+  float *y = static_cast<float *>(params[3]);
+  const int64_t BT = shapes[0][0] * shapes[0][1], H = shapes[0][2], D = shapes[0][3];
+  for (int a = 1; a <= 2; ++a) {  // cos and sin: (B, T, 1, D)
+    if (shapes[a][0] * shapes[a][1] != BT || shapes[a][2] != 1 || shapes[a][3] != D) return 1;
+  }
+  if (D % 2 != 0) return 1;
+  for_rows(BT, BT * H * D, [&](int64_t r0, int64_t r1) { rope_rows(x, c, s, y, r0, r1, H, D); });
   return 0;
 }
 
@@ -151,7 +164,9 @@ int swiglu(int nparam, void **params, int *ndims, int64_t **shapes) {
   const float *u = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]);
   const int64_t n = numel(ndims[0], shapes[0], ndims[0]);
-  for (int64_t i = 0; i < n; ++i) y[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  for_rows(n, n, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) y[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  });
   return 0;
 }
 
@@ -507,6 +522,12 @@ class Pool {
 template <class F>
 void run_threads(int n, F fn) {
   Pool::get().run(n, std::function<void(int)>(fn));
+}
+
+void for_rows(int64_t rows, int64_t floats, const std::function<void(int64_t, int64_t)> &fn) {
+  const int n = threads_for(floats >> 18, rows);
+  if (n == 1) return fn(0, rows);
+  run_threads(n, [&](int t) { fn(rows * t / n, rows * (t + 1) / n); });
 }
 
 // y = x * scale + shift over n floats, then SiLU (y / (1 + e^-y)) if asked: 16 lanes with exp16 where

@@ -730,3 +730,17 @@ def test_rope_kernel_gives_the_classic_bytes_and_torch_gradients(compiled):
     rotated = torch.cat([-xt[..., 8:], xt[..., :8]], -1)
     ((xt * ct + rotated * st) * torch.tensor(dout)).sum().backward()
     np.testing.assert_allclose(dx, xt.grad.numpy(), atol=1e-5)
+
+
+def test_llama_passes_split_over_threads_give_the_bytes_of_one_thread():
+    """RMSNorm, RoPE and SwiGLU go over the kernel pool past ~1 MB (a prompt's sizes): each row is still
+    computed whole by one thread, so a big call equals its halves (each small enough for one thread)."""
+    x = rng.standard_normal((4, 128, 16, 64)).astype(np.float32) * 3  # 2^19 floats: two threads; halves: one
+    cos, sin = (rng.standard_normal((4, 128, 1, 64)).astype(np.float32) for _ in range(2))
+    gate, up = (rng.standard_normal((512, 1024)).astype(np.float32) for _ in range(2))
+    cases = [(ops.RMSNorm(1024, 1e-5), [x.reshape(512, 1024)]), (ops.Rope(), [x, cos, sin]), (ops.SwiGLU(), [gate, up])]
+    for cell, args in cases:
+        assert cell.kernel is not None
+        whole = cell(*(runtime.to_tensor(a) for a in args)).asnumpy()
+        halves = [cell(*(runtime.to_tensor(a[i:i + len(a) // 2]) for a in args)).asnumpy() for i in (0, len(args[0]) // 2)]
+        assert np.array_equal(whole, np.concatenate(halves)), type(cell).__name__
