@@ -405,6 +405,24 @@ def test_dense_rows_are_batch_independent():
         assert np.array_equal(part, full[lo:hi])
 
 
+@pytest.mark.parametrize("o", [1024, 1030], ids=["o1024", "o1030"])
+def test_large_bias_free_linear_matches_torch_and_rows_are_batch_independent(o):
+    """Weights of MatMulT.LARGE elements or more run natively, split by columns (40 and 2,000 rows) or by
+    rows (3,000 > 2 O): values and gradients against torch, and a row's bytes do not depend on M."""
+    lin = ops.Linear(1024, o, bias=False)
+    assert lin.weight.size >= ops.MatMulT.LARGE and lin.matmul_t.many is not None
+    w = (rng.standard_normal((o, 1024)) * 0.05).astype(np.float32)
+    lin.weight.set_data(runtime.to_tensor(w))
+    x = rng.standard_normal((3000, 1024)).astype(np.float32)
+    full = lin(runtime.to_tensor(x)).asnumpy()
+    np.testing.assert_allclose(full, x @ w.T, atol=2e-4)
+    for lo, hi in [(0, 40), (500, 2500), (2950, 3000)]:
+        assert np.array_equal(lin(runtime.to_tensor(x[lo:hi])).asnumpy(), full[lo:hi]), (lo, hi)
+    dout = rng.standard_normal((40, o)).astype(np.float32)
+    ref = lambda x, w: torch.nn.functional.linear(x, w)  # noqa: E731
+    _check(_grads(lin, x[:40], dout, True), _torch_grads(ref, x[:40], dout, [w]), 1e-5)
+
+
 def _cache_case(b=3, g=2, r=4, s=24, d=16):
     q = rng.standard_normal((b, g, r, d)).astype(np.float32)
     k, v = (rng.standard_normal((s, b, g, d)).astype(np.float32) for _ in range(2))
