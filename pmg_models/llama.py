@@ -23,8 +23,8 @@ from mindspore import nn, ops, Parameter, Tensor
 from mindspore.common.initializer import initializer
 
 from pmg_models import checkpoint, runtime
-from pmg_models.ops import (CacheAttention, CacheWrite, Linear as Dense, MaskedAttention, MatMulT, RMSNorm, Rope, Softmax,
-                            SwiGLU, neg_inf)
+from pmg_models.ops import (CacheAttention, CacheWrite, Linear as Dense, MaskedAttention, MatMulT, RMSNorm, Rope,
+                            Softmax, SwiGLU, neg_inf)
 
 
 @dataclass(frozen=True)

@@ -426,8 +426,9 @@ class MaskedAttention(nn.Cell):
         r = h // g
         q = q.reshape(tq, b, g, r, d).transpose(1, 2, 3, 0, 4).reshape(b, g, r * tq, d)
         k, v = k.transpose(1, 2, 0, 3), v.transpose(1, 2, 0, 3)
-        scores = (self.bmm_t(q, k) * (d ** -0.5)).reshape(b, g, r, tq, tk) + mask.reshape(b, 1, 1, tq, tk)
-        probs = self.softmax(scores).reshape(b, g, r * tq, tk)
+        scores = self.bmm_t(q, k).astype(ms.float32) * (d ** -0.5)  # softmax in fp32 (fp16 on Ascend)
+        scores = scores.reshape(b, g, r, tq, tk) + mask.reshape(b, 1, 1, tq, tk)
+        probs = self.softmax(scores).astype(v.dtype).reshape(b, g, r * tq, tk)
         out = self.bmm(probs, v).reshape(b, g, r, tq, d).transpose(3, 0, 1, 2, 4)
         return out.reshape(tq, b, h, d)
 

@@ -1277,7 +1277,9 @@ template <int ROWS>
 void weigh_dims(const float *p, int64_t ldp, const float *v, int64_t ldv, int64_t n, int64_t D, const float *inv,
                 float *y, int64_t ldy) {
   int64_t d = 0;
-  for (; d + 16 * kWeighVecs <= D; d += 16 * kWeighVecs) weigh_rows<ROWS, kWeighVecs>(p, ldp, v + d, ldv, n, inv, y + d, ldy);
+  for (; d + 16 * kWeighVecs <= D; d += 16 * kWeighVecs) {
+    weigh_rows<ROWS, kWeighVecs>(p, ldp, v + d, ldv, n, inv, y + d, ldy);
+  }
   for (; d < D; d += 16) weigh_rows<ROWS, 1>(p, ldp, v + d, ldv, n, inv, y + d, ldy);
 }
 

@@ -760,5 +760,6 @@ def test_llama_passes_split_over_threads_give_the_bytes_of_one_thread():
     for cell, args in cases:
         assert cell.kernel is not None
         whole = cell(*(runtime.to_tensor(a) for a in args)).asnumpy()
-        halves = [cell(*(runtime.to_tensor(a[i:i + len(a) // 2]) for a in args)).asnumpy() for i in (0, len(args[0]) // 2)]
+        half = len(args[0]) // 2
+        halves = [cell(*(runtime.to_tensor(a[i:i + half]) for a in args)).asnumpy() for i in (0, half)]
         assert np.array_equal(whole, np.concatenate(halves)), type(cell).__name__
