@@ -150,13 +150,17 @@ class LlamaAttention(nn.Cell):
         self.rope = Rope()  # HF's rotate-half form
 
     def _q(self, x, cos, sin):
-        b, t = x.shape[0], x.shape[1]
-        return self.rope(self.q_proj(x).reshape(b, t, self.n_heads, self.d), cos, sin)  # (B,T,H,D)
+        a, c = x.shape[0], x.shape[1]  # (B,T) or, in a prefill, token-major (T,B)
+        return self.rope(self.q_proj(x).reshape(a, c, self.n_heads, self.d), cos, sin)
+
+    def _keys_values(self, x, cos, sin):
+        """Keys (rotated) and values (·,·,Hkv,D) in x's own order of its two leading axes."""
+        a, c = x.shape[0], x.shape[1]
+        k = self.rope(self.k_proj(x).reshape(a, c, self.n_kv, self.d), cos, sin)
+        return k, self.v_proj(x).reshape(a, c, self.n_kv, self.d)
 
     def _kv(self, x, cos, sin):
-        b, t = x.shape[0], x.shape[1]
-        k = self.rope(self.k_proj(x).reshape(b, t, self.n_kv, self.d), cos, sin)
-        v = self.v_proj(x).reshape(b, t, self.n_kv, self.d)
+        k, v = self._keys_values(x, cos, sin)
         return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B,Hkv,T,D)
 
     def _qkv(self, x, cos, sin):
@@ -188,11 +192,10 @@ class LlamaAttention(nn.Cell):
         Returns (out, k, v) with k, v (T,B,Hkv,D) ready for the cache; with `last`, out is for the last
         position only (1,B,C), as the last layer's queries, attention and MLP are needed nowhere else."""
         t, b = x.shape[0], x.shape[1]
-        k = self.rope(self.k_proj(x).reshape(t, b, self.n_kv, self.d), cos, sin)
-        v = self.v_proj(x).reshape(t, b, self.n_kv, self.d)
+        k, v = self._keys_values(x, cos, sin)
         if last:
             x, cos, sin, mask = x[-1:], cos[-1:], sin[-1:], mask[:, -1:]
-        q = self.rope(self.q_proj(x).reshape(x.shape[0], b, self.n_heads, self.d), cos, sin)
+        q = self._q(x, cos, sin)
         if last and self.cache_attention.available:
             # one query per row against T slot-major keys: a decode step's attention (nothing to pack)
             out = self.cache_attention(q.reshape(b, self.n_kv, self.rep, self.d), k, v, mask.reshape(b, t))

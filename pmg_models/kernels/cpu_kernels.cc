@@ -1328,7 +1328,7 @@ int masked_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
       kt.resize(D * ld);  // columns past last - first feed only the scratch tails of s
       vp.resize((last - first) * D);
       for (int64_t j = first; j < last; ++j) {
-        const float *kj = k + (j * B + b) * G * D + g * D, *vj = v + (j * B + b) * G * D + g * D;
+        const float *kj = k + j * ldk + (b * G + g) * D, *vj = v + j * ldk + (b * G + g) * D;
         for (int64_t d = 0; d < D; ++d) kt[d * ld + j - first] = kj[d];
         std::memcpy(vp.data() + (j - first) * D, vj, sizeof(float) * D);
       }
