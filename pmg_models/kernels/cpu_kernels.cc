@@ -988,7 +988,13 @@ int cache_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
 // oneDNN is single-threaded, so the product is split in two (or one part per core): by columns of w
 // while M <= 2 O (each thread packs only its part of w: 482-504 GFLOP/s at 1,024-4,096 rows here, against
 // 461-471 for MindSpore's MatMul and 463-483 split by rows), else by rows in blocks of 16 (x then
-// dominates the traffic). x: (M, I), w: (O, I) -> y: (M, O).
+// dominates the traffic). Below kPanelRowsMax rows, with AVX-512, the product runs as linear_panels
+// (further down) instead. x: (M, I), w: (O, I) -> y: (M, O).
+#ifdef __AVX512F__
+constexpr int64_t kPanelRowsMax = 192;  // at 200 rows the padded 224 cost more than sgemm's packing
+void linear_panels(const float *x, const float *w, float *y, int64_t M, int64_t I, int64_t O);
+#endif
+
 int linear_many(int nparam, void **params, int *ndims, int64_t **shapes) {
   const sgemm_t gemm = sgemm();
   if (nparam != 3 || ndims[0] != 2 || ndims[1] != 2 || gemm == nullptr) return 1;
@@ -997,6 +1003,9 @@ int linear_many(int nparam, void **params, int *ndims, int64_t **shapes) {
   float *y = static_cast<float *>(params[2]);
   const int64_t M = shapes[0][0], I = shapes[0][1], O = shapes[1][0];
   if (shapes[1][1] != I) return 1;
+#ifdef __AVX512F__
+  if (M < kPanelRowsMax) return linear_panels(x, w, y, M, I, O), 0;
+#endif
   const bool by_columns = M <= 2 * O;
   const int64_t blocks = by_columns ? O / 16 : (M + 15) / 16;
   const int T = threads_for(2 * M * I * O >> 21, std::max<int64_t>(blocks, 1));
@@ -1222,6 +1231,124 @@ inline v16 pinned(v16 x) {
 #endif
   return x;
 }
+
+#ifdef __AVX512F__
+// dst[c * ldd + r] = src[r * lds + c] for r < nr, c < nc: one block of at most 16 x 16, in registers.
+// The nc rows written get `store`'s lanes, with 0 in lanes r >= nr.
+inline void transpose16(const float *src, int64_t lds, int nr, int nc, float *dst, int64_t ldd, __mmask16 store) {
+  const auto lo = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  const auto hi = [](__m512 a, __m512 b) {
+    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
+  };
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = i < nr ? _mm512_maskz_loadu_ps(tail_mask(nc), src + i * lds) : _mm512_setzero_ps();
+  for (int i = 0; i < 16; i += 2) {  // per 128-bit lane: pairs of rows interleaved
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // lane l of r[i + c]: column 4l + c of rows i..i+3
+    r[i] = lo(t[i], t[i + 2]);
+    r[i + 1] = hi(t[i], t[i + 2]);
+    r[i + 2] = lo(t[i + 1], t[i + 3]);
+    r[i + 3] = hi(t[i + 1], t[i + 3]);
+  }
+  for (int i = 0; i < 16; i += 8) {  // t[i + c]: columns c, c + 8 of rows i..i+7; t[i + 4 + c]: c + 4, c + 12
+    for (int c = 0; c < 4; ++c) {
+      t[i + c] = _mm512_shuffle_f32x4(r[i + c], r[i + 4 + c], 0x88);
+      t[i + 4 + c] = _mm512_shuffle_f32x4(r[i + c], r[i + 4 + c], 0xdd);
+    }
+  }
+  for (int c = 0; c < 8; ++c) {  // whole columns
+    r[c] = _mm512_shuffle_f32x4(t[c], t[c + 8], 0x88);
+    r[c + 8] = _mm512_shuffle_f32x4(t[c], t[c + 8], 0xdd);
+  }
+  for (int c = 0; c < nc; ++c) _mm512_mask_storeu_ps(dst + c * ldd, store, r[c]);
+}
+
+// --- x (M, I) . w^T for a prompt's few hundred rows (Llama's projections at batch 1): sgemm packs w
+// before multiplying, and with few rows that copy, from memory, costs a sixth of the product (338-385
+// GFLOP/s at 128 rows). Here x is packed instead (transposed, in panels of 32 rows and kPanelK columns,
+// small enough to stay in cache) and each weight is broadcast straight from w's rows into a 12 x 32
+// register tile (12 weight rows x 2 vectors of x rows), while the next tile's weights are prefetched.
+// Every y[m, o] is one lane's sequential sum over i, so a row's bytes do not depend on M (below
+// kPanelRowsMax) nor on threads; they differ from the sgemm's at more rows.
+constexpr int kPanelW = 12;
+constexpr int64_t kPanelM = 32, kPanelK = 256;
+
+// xp[i][j] = x[m0 + j][i0 + i] for i < kc, j < 32 (0 past row M).
+void pack_panel(const float *x, int64_t I, int64_t m0, int64_t M, int64_t i0, int64_t kc, float *xp) {
+  for (int64_t j0 = 0; j0 < kPanelM; j0 += 16) {
+    const int nr = static_cast<int>(std::clamp<int64_t>(M - m0 - j0, 0, 16));
+    for (int64_t i = 0; i < kc; i += 16) {
+      transpose16(x + (m0 + j0) * I + i0 + i, I, nr, static_cast<int>(std::min<int64_t>(16, kc - i)),
+                  xp + i * kPanelM + j0, kPanelM, 0xffff);
+    }
+  }
+}
+
+// acc[r][0..32) (+)= sum_i w[r][i] xp[i][0..32) for kc steps; `next` (kPanelW rows) is prefetched.
+void panel_tile(const float *xp, const float *const *w, int64_t kc, float *acc, bool first,
+                const float *const *next) {
+  v16 a[kPanelW][2];
+  for (int r = 0; r < kPanelW; ++r) {
+    for (int c = 0; c < 2; ++c) a[r][c] = first ? v16{} : load16(acc + (2 * r + c) * 16);
+  }
+  for (int64_t i = 0; i < kc; ++i) {
+    const v16 x0 = pinned(load16(xp + i * kPanelM)), x1 = pinned(load16(xp + i * kPanelM + 16));
+    if (next != nullptr && (i & 15) == 0) {
+      for (int r = 0; r < kPanelW; ++r) __builtin_prefetch(next[r] + i);
+    }
+    for (int r = 0; r < kPanelW; ++r) {
+      const float s = w[r][i];
+      a[r][0] += s * x0;
+      a[r][1] += s * x1;
+    }
+  }
+  for (int r = 0; r < kPanelW; ++r) {
+    for (int c = 0; c < 2; ++c) store16(acc + (2 * r + c) * 16, a[r][c]);
+  }
+}
+
+void linear_panels(const float *x, const float *w, float *y, int64_t M, int64_t I, int64_t O) {
+  const int64_t P = (M + kPanelM - 1) / kPanelM, tiles = (O + kPanelW - 1) / kPanelW;
+  const int T = threads_for(2 * M * I * O >> 21, tiles);
+  run_threads(T, [&](int t) {
+    // Each thread packs x for itself (a 16 x 16 block takes a few dozen instructions): sharing it would
+    // take a second round of the pool (20-40 us).
+    const int64_t t0 = tiles * t / T, t1 = tiles * (t + 1) / T;
+    std::vector<float> xp(P * kPanelM * kPanelK), acc((t1 - t0) * P * kPanelW * kPanelM);
+    const auto row = [&](int64_t o) { return w + std::min(o, O - 1) * I; };  // repeats past O: discarded
+    for (int64_t i0 = 0; i0 < I; i0 += kPanelK) {
+      const int64_t kc = std::min(kPanelK, I - i0);
+      for (int64_t p = 0; p < P; ++p) pack_panel(x, I, p * kPanelM, M, i0, kc, xp.data() + p * kPanelM * kPanelK);
+      for (int64_t tile = t0; tile < t1; ++tile) {
+        const float *rows[kPanelW], *next[kPanelW];  // this tile's weights; the next tile's (or next chunk's)
+        for (int r = 0; r < kPanelW; ++r) {
+          rows[r] = row(tile * kPanelW + r) + i0;
+          next[r] = tile + 1 < t1 ? row((tile + 1) * kPanelW + r) + i0 : row(t0 * kPanelW + r) + std::min(i0 + kc, I - 1);
+        }
+        for (int64_t p = 0; p < P; ++p) {  // the weights come from memory for panel 0, from L1 after
+          panel_tile(xp.data() + p * kPanelM * kPanelK, rows, kc, acc.data() + ((tile - t0) * P + p) * kPanelW * kPanelM,
+                     i0 == 0, p == 0 ? next : nullptr);
+        }
+      }
+    }
+    for (int64_t tile = t0; tile < t1; ++tile) {
+      const int nw = static_cast<int>(std::min<int64_t>(kPanelW, O - tile * kPanelW));
+      for (int64_t p = 0; p < P; ++p) {
+        const float *a = acc.data() + ((tile - t0) * P + p) * kPanelW * kPanelM;
+        for (int64_t j0 = 0; j0 < kPanelM && p * kPanelM + j0 < M; j0 += 16) {
+          const int64_t m = p * kPanelM + j0;
+          transpose16(a + j0, kPanelM, nw, static_cast<int>(std::min<int64_t>(16, M - m)), y + m * O + tile * kPanelW,
+                      O, tail_mask(nw));
+        }
+      }
+    }
+  });
+}
+#endif
 
 // s[r][j] = scale * (q_r . k_j) + mask[r][j] for ROWS query rows (q ldq, mask ldm apart) and keys [0, n)
 // packed transposed in kt (D rows, ld floats apart, readable up to n rounded up to kKeyStep); s rows are

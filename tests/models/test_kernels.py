@@ -358,6 +358,19 @@ def test_matmul_t_few_rows_is_batch_independent():
         assert np.array_equal(part, full[lo:hi])
 
 
+def test_one_row_with_large_weights_is_a_row_of_the_few_row_kernel():
+    """A single row (a batch-1 decode step, a prompt's last position through the head) reads weights of
+    MatMulT.LARGE elements with the few-row kernel: the same bytes as that row in a batch."""
+    mm = ops.MatMulT()
+    x, w = rng.standard_normal((5, 1024)).astype(np.float32), rng.standard_normal((1030, 1024)).astype(np.float32)
+    assert w.size >= mm.LARGE
+    batch = mm(runtime.to_tensor(x), runtime.to_tensor(w)).asnumpy()
+    for fn in (mm, ms.jit(mm)):
+        one = fn(runtime.to_tensor(x[2:3]), runtime.to_tensor(w)).asnumpy()
+        assert np.array_equal(one, batch[2:3])
+    np.testing.assert_allclose(batch, x @ w.T, atol=1e-3)
+
+
 @pytest.mark.parametrize("rows", [4, 40])
 def test_linear_gradients_few_rows(rows):
     """Training differentiates Linear at few rows too (timestep embeddings): the bprop's matmuls."""
@@ -407,20 +420,39 @@ def test_dense_rows_are_batch_independent():
 
 @pytest.mark.parametrize("o", [1024, 1030], ids=["o1024", "o1030"])
 def test_large_bias_free_linear_matches_torch_and_rows_are_batch_independent(o):
-    """Weights of MatMulT.LARGE elements or more run natively, split by columns (40 and 2,000 rows) or by
-    rows (3,000 > 2 O): values and gradients against torch, and a row's bytes do not depend on M."""
+    """Weights of MatMulT.LARGE elements or more run natively: the sgemm split by columns (2,000 rows) or by
+    rows (3,000 > 2 O), and with AVX-512 the panel kernel below 192 rows (40, 191): values and gradients
+    against torch, and within each form a row's bytes do not depend on M."""
     lin = ops.Linear(1024, o, bias=False)
     assert lin.weight.size >= ops.MatMulT.LARGE and lin.matmul_t.many is not None
     w = (rng.standard_normal((o, 1024)) * 0.05).astype(np.float32)
     lin.weight.set_data(runtime.to_tensor(w))
     x = rng.standard_normal((3000, 1024)).astype(np.float32)
-    full = lin(runtime.to_tensor(x)).asnumpy()
-    np.testing.assert_allclose(full, x @ w.T, atol=2e-4)
-    for lo, hi in [(0, 40), (500, 2500), (2950, 3000)]:
-        assert np.array_equal(lin(runtime.to_tensor(x[lo:hi])).asnumpy(), full[lo:hi]), (lo, hi)
+    run = lambda lo, hi: lin(runtime.to_tensor(x[lo:hi])).asnumpy()  # noqa: E731
+    full, few = run(0, 3000), run(0, 191)
+    for y, n in ((full, 3000), (few, 191)):
+        np.testing.assert_allclose(y, x[:n] @ w.T, atol=2e-4)
+    for lo, hi in [(500, 2500), (2700, 3000)]:
+        assert np.array_equal(run(lo, hi), full[lo:hi]), (lo, hi)
+    for lo, hi in [(0, 40), (33, 190), (150, 191)]:
+        assert np.array_equal(run(lo, hi), few[lo:hi]), (lo, hi)
     dout = rng.standard_normal((40, o)).astype(np.float32)
     ref = lambda x, w: torch.nn.functional.linear(x, w)  # noqa: E731
     _check(_grads(lin, x[:40], dout, True), _torch_grads(ref, x[:40], dout, [w]), 1e-5)
+
+
+@pytest.mark.parametrize("m", [33, 50, 128, 191])
+def test_panel_linear_matches_torch_at_odd_shapes(m):
+    """The panel kernel's edges: rows not a multiple of its 32-row panels, weight rows not a multiple of
+    its 12-row tiles, inputs not a multiple of 16 (nor of its 256-column chunks)."""
+    lin = ops.Linear(1000, 1050, bias=False)
+    assert lin.weight.size >= ops.MatMulT.LARGE
+    w = rng.standard_normal((1050, 1000)).astype(np.float32)
+    lin.weight.set_data(runtime.to_tensor(w))
+    x = rng.standard_normal((m, 1000)).astype(np.float32)
+    want = x.astype(np.float64) @ w.T.astype(np.float64)
+    for y in (lin(runtime.to_tensor(x)), ms.jit(lin)(runtime.to_tensor(x))):
+        np.testing.assert_allclose(y.asnumpy(), want, atol=2e-4 * np.abs(want).max() / 30)
 
 
 def _cache_case(b=3, g=2, r=4, s=24, d=16):
