@@ -1316,9 +1316,12 @@ void linear_panels(const float *x, const float *w, float *y, int64_t M, int64_t 
   const int T = threads_for(2 * M * I * O >> 21, tiles);
   run_threads(T, [&](int t) {
     // Each thread packs x for itself (a 16 x 16 block takes a few dozen instructions): sharing it would
-    // take a second round of the pool (20-40 us).
+    // take a second round of the pool (20-40 us). The buffers stay with the thread: fresh ones (up to
+    // ~1 MB) were new pages to fault in on every call.
     const int64_t t0 = tiles * t / T, t1 = tiles * (t + 1) / T;
-    std::vector<float> xp(P * kPanelM * kPanelK), acc((t1 - t0) * P * kPanelW * kPanelM);
+    thread_local std::vector<float> xp, acc;
+    xp.resize(std::max<size_t>(xp.size(), P * kPanelM * kPanelK));
+    acc.resize(std::max<size_t>(acc.size(), (t1 - t0) * P * kPanelW * kPanelM));
     const auto row = [&](int64_t o) { return w + std::min(o, O - 1) * I; };  // repeats past O: discarded
     for (int64_t i0 = 0; i0 < I; i0 += kPanelK) {
       const int64_t kc = std::min(kPanelK, I - i0);
