@@ -1,9 +1,13 @@
-"""Decode-shaped linears: the native few-row kernel vs MindSpore's MatMul vs PyTorch, same weights.
+"""Llama-shaped linears: the native kernels vs MindSpore's MatMul vs PyTorch, same weights.
 
-A chain of distinct (out × in) weights (default 40 × 2816×1024, 460 MB: more than any cache, like a
-decode step's weights) applied to x of 1–32 rows, compiled; rounds alternate between the three and the
-median is reported with the weight bytes read per second. Usage:
-python -m bench.bench_linear [--rows 1,8,16,32] [--weights 40] [--shape 2816,1024]
+A chain of distinct weights alternating (out × in) and (in × out) (default 40 of 2816×1024, 460 MB:
+more than any cache, like a decode step's or a prompt's pass over the weights), each product the next
+one's input as in a layer (independent products would let MindSpore overlap them), applied to x of
+1–32 rows (decode steps: the few-row kernel) or more (a prompt: the panel kernel below 192 rows, the
+split sgemm above), compiled; rounds alternate between the three and the median is reported with the
+weight bytes read per second and the GFLOP/s. Run it under `python -m bench.mkl_avx512` for PyTorch at
+its AVX-512 speed on AMD. Usage:
+python -m bench.bench_linear [--rows 1,8,16,32,64,128,256,1024] [--weights 40] [--shape 2816,1024]
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import time
 import numpy as np
 
 
-def chain(ws, few_rows: int):
+def chain(ws, native: bool):
     import mindspore as ms
     from mindspore import nn
     from pmg_models import ops as P, runtime
@@ -25,20 +29,20 @@ def chain(ws, few_rows: int):
             self.layers = nn.CellList([P.Linear(w.shape[1], w.shape[0], False) for w in ws])
             for layer, w in zip(self.layers, ws):
                 layer.weight.set_data(runtime.to_tensor(w))
-                layer.matmul_t.FEW_ROWS = few_rows
+                if not native:
+                    layer.matmul_t.rows = layer.matmul_t.many = None
 
         def construct(self, x):
-            out = 0
             for layer in self.layers:
-                out = out + layer(x)[:, :8]
-            return out
+                x = layer(x)
+            return x
 
     return ms.jit(Chain())
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", default="1,8,16,32")
+    p.add_argument("--rows", default="1,8,16,32,64,128,256,1024")
     p.add_argument("--weights", type=int, default=40)
     p.add_argument("--shape", default="2816,1024")
     p.add_argument("--rounds", type=int, default=8)
@@ -48,19 +52,24 @@ def main(argv=None) -> int:
 
     out_f, in_f = (int(v) for v in args.shape.split(","))
     rng = np.random.default_rng(0)
-    ws = [(rng.standard_normal((out_f, in_f)) * 0.01).astype(np.float32) for _ in range(args.weights)]
+    shapes = [(out_f, in_f) if i % 2 == 0 else (in_f, out_f) for i in range(args.weights)]
+    ws = [(rng.standard_normal(s) / np.sqrt(s[1])).astype(np.float32) for s in shapes]  # activations stay ~1
     tw = [torch.from_numpy(w) for w in ws]
     gb = sum(w.nbytes for w in ws) / 1e9
-    native, matmul = chain(ws, P.MatMulT.FEW_ROWS), chain(ws, 0)
-    print(f"{args.weights} weights of {out_f}×{in_f} ({gb * 1e3:.0f} MB); ms per pass (GB/s of weights)\n")
-    print("| rows | native few-row | MindSpore MatMul | PyTorch |\n|---|---|---|---|")
+    native, matmul = chain(ws, True), chain(ws, False)
+    print(f"{args.weights} weights of {out_f}×{in_f} and {in_f}×{out_f} in turn ({gb * 1e3:.0f} MB); "
+          "ms per pass (GB/s of weights, GFLOP/s)\n")
+    print("| rows (native form) | native | MindSpore MatMul | PyTorch |\n|---|---|---|---|")
     for m in (int(r) for r in args.rows.split(",")):
         x = rng.standard_normal((m, in_f)).astype(np.float32)
         xt, xx = runtime.to_tensor(x), torch.from_numpy(x)
 
         def peer():
             with torch.inference_mode():
-                return sum(torch.nn.functional.linear(xx, w)[:, :8] for w in tw)
+                y = xx
+                for w in tw:
+                    y = torch.nn.functional.linear(y, w)
+                return y
 
         sides = {"native": lambda: native(xt).asnumpy(), "matmul": lambda: matmul(xt).asnumpy(), "torch": peer}
         times = {k: [] for k in sides}
@@ -71,9 +80,10 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 fn()
                 times[k].append(time.perf_counter() - t0)
-        cells = [f"{1e3 * np.median(v):.1f} ({gb / np.median(v):.1f})" for v in times.values()]
-        note = "" if 1 < m <= P.MatMulT.FEW_ROWS else " (MatMul path)"
-        print(f"| {m}{note} | " + " | ".join(cells) + " |", flush=True)
+        flop = 2 * m * gb / 4
+        cells = [f"{1e3 * np.median(v):.1f} ({gb / np.median(v):.1f}, {flop / np.median(v):.0f})" for v in times.values()]
+        form = ("few-row" if m <= P.MatMulT.FEW_ROWS else "panels" if m < 192 else "split sgemm")
+        print(f"| {m} ({form}) | " + " | ".join(cells) + " |", flush=True)
     return 0
 
 

@@ -438,9 +438,10 @@ class MatMulT(nn.Cell):
 
     For 2 to `FEW_ROWS` rows (batched decode steps) the native kernel reads each weight row once and dots
     it with every row of x: BLAS packs w on each call, which costs more than the product itself at a few
-    rows. One row stays with oneDNN's one-row path (faster on weights in cache) unless w has `LARGE`
-    elements: oneDNN streams those on one core (Llama's 131 MB head: 6.7 ms against 3.6). The kernel's
-    sums do not depend on M, so a row's result is the same in any such batch. With more rows and a bias, the native dense kernel writes
+    rows. One row stays with oneDNN's one-row path (26-33 GB/s from 4-12 MB weights against the kernel's
+    18-27: its threads wake sooner) unless w has `HUGE` elements: an LM head's 131 MB came at 21 GB/s,
+    32 with the kernel (6.7 ms against 3.6 in a prefill). The kernel's sums do not depend on M, so a
+    row's result is the same in any such batch. With more rows and a bias, the native dense kernel writes
     bias (+ residual) into the output and has oneDNN's sgemm add the product to it: MindSpore's broadcast
     Add was a separate pass at 4-10x torch's cost. A bias-free product stays with MindSpore's MatMul
     (as fast as the sgemm split by rows, or faster, below ~2048 rows) unless w has `LARGE` elements or more
@@ -452,6 +453,7 @@ class MatMulT(nn.Cell):
 
     FEW_ROWS = 32
     LARGE = 1 << 20  # weights from which a bias-free product over many rows runs natively
+    HUGE = 1 << 24  # weights from which one row runs natively (an LM head)
 
     def __init__(self):
         super().__init__()
@@ -463,7 +465,7 @@ class MatMulT(nn.Cell):
         self.many = _kernel("LinearMany", _rows_shape, bprop=_rows_bprop)
 
     def construct(self, x, w, bias=None, residual=None):
-        if self.rows is not None and (x.shape[0] > 1 or w.size >= self.LARGE) and x.shape[0] <= self.FEW_ROWS:
+        if self.rows is not None and (x.shape[0] > 1 or w.size >= self.HUGE) and x.shape[0] <= self.FEW_ROWS:
             y = self.rows(x, w) if bias is None else self.rows_bias(x, w, bias)
             return y if residual is None else y + residual
         if self.dense is not None and bias is not None and x.shape[0] > self.FEW_ROWS:

@@ -358,12 +358,13 @@ def test_matmul_t_few_rows_is_batch_independent():
         assert np.array_equal(part, full[lo:hi])
 
 
-def test_one_row_with_large_weights_is_a_row_of_the_few_row_kernel():
-    """A single row (a batch-1 decode step, a prompt's last position through the head) reads weights of
-    MatMulT.LARGE elements with the few-row kernel: the same bytes as that row in a batch."""
+def test_one_row_with_huge_weights_is_a_row_of_the_few_row_kernel():
+    """A single row through weights of MatMulT.HUGE elements (an LM head at batch 1) runs on the few-row
+    kernel: the same bytes as that row in a batch."""
     mm = ops.MatMulT()
+    mm.HUGE = 1 << 20  # a test-sized "head"
     x, w = rng.standard_normal((5, 1024)).astype(np.float32), rng.standard_normal((1030, 1024)).astype(np.float32)
-    assert w.size >= mm.LARGE
+    assert w.size >= mm.HUGE
     batch = mm(runtime.to_tensor(x), runtime.to_tensor(w)).asnumpy()
     for fn in (mm, ms.jit(mm)):
         one = fn(runtime.to_tensor(x[2:3]), runtime.to_tensor(w)).asnumpy()
