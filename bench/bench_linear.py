@@ -81,7 +81,7 @@ def main(argv=None) -> int:
                 fn()
                 times[k].append(time.perf_counter() - t0)
         flop = 2 * m * gb / 4
-        cells = [f"{1e3 * np.median(v):.1f} ({gb / np.median(v):.1f}, {flop / np.median(v):.0f})" for v in times.values()]
+        cells = [f"{1e3 * t:.1f} ({gb / t:.1f}, {flop / t:.0f})" for t in map(np.median, times.values())]
         form = ("few-row" if m <= P.MatMulT.FEW_ROWS else "panels" if m < 192 else "split sgemm")
         print(f"| {m} ({form}) | " + " | ".join(cells) + " |", flush=True)
     return 0

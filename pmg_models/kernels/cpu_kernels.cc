@@ -1243,7 +1243,9 @@ inline void transpose16(const float *src, int64_t lds, int nr, int nc, float *ds
     return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)));
   };
   __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = i < nr ? _mm512_maskz_loadu_ps(tail_mask(nc), src + i * lds) : _mm512_setzero_ps();
+  for (int i = 0; i < 16; ++i) {
+    r[i] = i < nr ? _mm512_maskz_loadu_ps(tail_mask(nc), src + i * lds) : _mm512_setzero_ps();
+  }
   for (int i = 0; i < 16; i += 2) {  // per 128-bit lane: pairs of rows interleaved
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
@@ -1330,11 +1332,12 @@ void linear_panels(const float *x, const float *w, float *y, int64_t M, int64_t 
         const float *rows[kPanelW], *next[kPanelW];  // this tile's weights; the next tile's (or next chunk's)
         for (int r = 0; r < kPanelW; ++r) {
           rows[r] = row(tile * kPanelW + r) + i0;
-          next[r] = tile + 1 < t1 ? row((tile + 1) * kPanelW + r) + i0 : row(t0 * kPanelW + r) + std::min(i0 + kc, I - 1);
+          next[r] = tile + 1 < t1 ? row((tile + 1) * kPanelW + r) + i0
+                                  : row(t0 * kPanelW + r) + std::min(i0 + kc, I - 1);
         }
         for (int64_t p = 0; p < P; ++p) {  // the weights come from memory for panel 0, from L1 after
-          panel_tile(xp.data() + p * kPanelM * kPanelK, rows, kc, acc.data() + ((tile - t0) * P + p) * kPanelW * kPanelM,
-                     i0 == 0, p == 0 ? next : nullptr);
+          float *a = acc.data() + ((tile - t0) * P + p) * kPanelW * kPanelM;
+          panel_tile(xp.data() + p * kPanelM * kPanelK, rows, kc, a, i0 == 0, p == 0 ? next : nullptr);
         }
       }
     }
