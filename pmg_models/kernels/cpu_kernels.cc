@@ -1211,7 +1211,11 @@ constexpr int kScoreVecs = 2, kWeighRows = 4, kWeighVecs = 4;
 #else
 constexpr int kScoreVecs = 1, kWeighRows = 2, kWeighVecs = 2;  // 16 ymm registers
 #endif
+#ifdef __AVX512F__
+constexpr int kScoreRows = 8;  // 8 x 2 accumulators: 16 FMAs per 2 key loads and 8 broadcasts
+#else
 constexpr int kScoreRows = 4;
+#endif
 constexpr int64_t kMaskedBlock = 32, kKeyStep = 16 * kScoreVecs;
 
 inline v16 load16(const float *p) {
@@ -1473,9 +1477,10 @@ int masked_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
           const int64_t j0 = lo[b * blocks + blk], n = hi[b * blocks + blk] - j0;
           const float *qb = q + (q0 * B + b) * H * D + h * D, *kb = kt.data() + (j0 - first);
           const float *mi = mask + (b * Tq + q0) * Tk + j0;
-          for (int64_t i = 0; i < m; i += kScoreRows) {
+          for (int64_t i = 0, rows; i < m; i += rows) {
             float *si = s.data() + i * ld;
-            switch (std::min<int64_t>(kScoreRows, m - i)) {
+            switch (rows = std::min<int64_t>(m - i, kScoreRows) >= 8 ? 8 : std::min<int64_t>(m - i, 4)) {
+              case 8: score_rows<8>(qb + i * ldq, ldq, kb, ld, D, n, scale, mi + i * Tk, Tk, si); break;
               case 4: score_rows<4>(qb + i * ldq, ldq, kb, ld, D, n, scale, mi + i * Tk, Tk, si); break;
               case 3: score_rows<3>(qb + i * ldq, ldq, kb, ld, D, n, scale, mi + i * Tk, Tk, si); break;
               case 2: score_rows<2>(qb + i * ldq, ldq, kb, ld, D, n, scale, mi + i * Tk, Tk, si); break;
