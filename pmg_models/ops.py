@@ -446,14 +446,17 @@ class MatMulT(nn.Cell):
     Add was a separate pass at 4-10x torch's cost. A bias-free product stays with MindSpore's MatMul
     (as fast as the sgemm split by rows, or faster, below ~2048 rows) unless w has `LARGE` elements or more
     (a Llama's projections): the native kernel then splits the sgemm by columns of w, 3-5 % faster, and
-    below 192 rows (a prompt at batch 1) multiplies without packing w (AVX-512: 8-35 % faster); a row's
-    bytes do not depend on M within each of these forms.
+    below 192 rows (a prompt at batch 1) multiplies without packing w (AVX-512: 8-35 % faster). That form
+    also takes such products from `MANY_FROM` + 1 rows on, few-row territory otherwise (a batch-32 decode
+    step: 66-69 → 54-56 ms; at 16 rows it was slower); without AVX-512 the kernel runs them with the
+    few-row tiles. A row's bytes do not depend on M within each of these forms.
     The choice is made at trace time from the static shape; gradients are the usual two matmuls.
     """
 
     FEW_ROWS = 32
     LARGE = 1 << 20  # weights from which a bias-free product over many rows runs natively
     HUGE = 1 << 24  # weights from which one row runs natively (an LM head)
+    MANY_FROM = 16  # rows above which a bias-free product through LARGE weights runs as LinearMany
 
     def __init__(self):
         super().__init__()
@@ -465,14 +468,14 @@ class MatMulT(nn.Cell):
         self.many = _kernel("LinearMany", _rows_shape, bprop=_rows_bprop)
 
     def construct(self, x, w, bias=None, residual=None):
+        if self.many is not None and bias is None and x.shape[0] > self.MANY_FROM and w.size >= self.LARGE:
+            y = self.many(x, w)
+            return y if residual is None else y + residual
         if self.rows is not None and (x.shape[0] > 1 or w.size >= self.HUGE) and x.shape[0] <= self.FEW_ROWS:
             y = self.rows(x, w) if bias is None else self.rows_bias(x, w, bias)
             return y if residual is None else y + residual
         if self.dense is not None and bias is not None and x.shape[0] > self.FEW_ROWS:
             return self.dense(x, w, bias) if residual is None else self.dense_residual(x, w, bias, residual)
-        if self.many is not None and bias is None and x.shape[0] > self.FEW_ROWS and w.size >= self.LARGE:
-            y = self.many(x, w)
-            return y if residual is None else y + residual
         y = self.matmul(x, w)
         y = y if bias is None else y + bias
         return y if residual is None else y + residual

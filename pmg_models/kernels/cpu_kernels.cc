@@ -1005,6 +1005,8 @@ int linear_many(int nparam, void **params, int *ndims, int64_t **shapes) {
   if (shapes[1][1] != I) return 1;
 #ifdef __AVX512F__
   if (M < kPanelRowsMax) return linear_panels(x, w, y, M, I, O), 0;
+#else
+  if (M <= 32) return linear_rows_tiled<kTileW>(x, w, nullptr, y, M, I, O), 0;
 #endif
   const bool by_columns = M <= 2 * O;
   const int64_t blocks = by_columns ? O / 16 : (M + 15) / 16;

@@ -6,6 +6,7 @@ On the native path the gradients come from the gradient kernels (`NameGrad`), on
 MindSpore's autodiff of the classic ops.
 """
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -419,6 +420,11 @@ def test_dense_rows_are_batch_independent():
         assert np.array_equal(part, full[lo:hi])
 
 
+def _avx512() -> bool:
+    # the kernels are built with -march=native: the panel form exists where the CPU has AVX-512
+    return "avx512f" in Path("/proc/cpuinfo").read_text()
+
+
 @pytest.mark.parametrize("o", [1024, 1030], ids=["o1024", "o1030"])
 def test_large_bias_free_linear_matches_torch_and_rows_are_batch_independent(o):
     """Weights of MatMulT.LARGE elements or more run natively: the sgemm split by columns (2,000 rows) or by
@@ -435,8 +441,8 @@ def test_large_bias_free_linear_matches_torch_and_rows_are_batch_independent(o):
         np.testing.assert_allclose(y, x[:n] @ w.T, atol=2e-4)
     for lo, hi in [(500, 2500), (2700, 3000)]:
         assert np.array_equal(run(lo, hi), full[lo:hi]), (lo, hi)
-    for lo, hi in [(0, 40), (33, 190), (150, 191)]:
-        assert np.array_equal(run(lo, hi), few[lo:hi]), (lo, hi)
+    for lo, hi in [(0, 40), (33, 190), (150, 191)] + ([(0, 17), (100, 132)] if _avx512() else []):
+        assert np.array_equal(run(lo, hi), few[lo:hi]), (lo, hi)  # 17 and 32 rows: decode steps
     dout = rng.standard_normal((40, o)).astype(np.float32)
     ref = lambda x, w: torch.nn.functional.linear(x, w)  # noqa: E731
     _check(_grads(lin, x[:40], dout, True), _torch_grads(ref, x[:40], dout, [w]), 1e-5)
@@ -684,6 +690,13 @@ def test_kernels_built_without_avx512_match_torch(tmp_path, monkeypatch):
         x, w = rng.standard_normal((5, 37)).astype(np.float32), rng.standard_normal((9, 37)).astype(np.float32)
         np.testing.assert_allclose(ops.MatMulT()(runtime.to_tensor(x), runtime.to_tensor(w)).asnumpy(), x @ w.T,
                                    rtol=1e-5, atol=1e-5)
+        # large weights from 17 to 32 rows: LinearMany runs the few-row tiles (no panel kernel without AVX-512)
+        x, w = rng.standard_normal((20, 1024)).astype(np.float32), rng.standard_normal((1030, 1024)).astype(np.float32)
+        many, few = ops.MatMulT(), ops.MatMulT()
+        few.MANY_FROM = 32
+        got = many(runtime.to_tensor(x), runtime.to_tensor(w)).asnumpy()
+        assert np.array_equal(got, few(runtime.to_tensor(x), runtime.to_tensor(w)).asnumpy())
+        np.testing.assert_allclose(got, x @ w.T, atol=1e-3)
         x = rng.standard_normal((2, 8, 5, 7)).astype(np.float32) * 3
         want = torch.nn.functional.silu(torch.nn.functional.group_norm(torch.tensor(x), 4, eps=1e-6)).numpy()
         np.testing.assert_allclose(ops.GroupNorm(4, 8, 1e-6, silu=True)(runtime.to_tensor(x)).asnumpy(), want,
