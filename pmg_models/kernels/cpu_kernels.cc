@@ -989,7 +989,8 @@ int cache_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
 // while M <= 2 O (each thread packs only its part of w: 482-504 GFLOP/s at 1,024-4,096 rows here, against
 // 461-471 for MindSpore's MatMul and 463-483 split by rows), else by rows in blocks of 16 (x then
 // dominates the traffic). Below kPanelRowsMax rows, with AVX-512, the product runs as linear_panels
-// (further down) instead. x: (M, I), w: (O, I) -> y: (M, O).
+// (further down) instead; without it, up to 32 rows (decode steps) run the few-row tiles.
+// x: (M, I), w: (O, I) -> y: (M, O).
 #ifdef __AVX512F__
 constexpr int64_t kPanelRowsMax = 192;  // at 200 rows the padded 224 cost more than sgemm's packing
 void linear_panels(const float *x, const float *w, float *y, int64_t M, int64_t I, int64_t O);
