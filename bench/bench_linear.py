@@ -82,7 +82,9 @@ def main(argv=None) -> int:
                 times[k].append(time.perf_counter() - t0)
         flop = 2 * m * gb / 4
         cells = [f"{1e3 * t:.1f} ({gb / t:.1f}, {flop / t:.0f})" for t in map(np.median, times.values())]
-        form = ("few-row" if m <= P.MatMulT.FEW_ROWS else "panels" if m < 192 else "split sgemm")
+        mm, size = P.MatMulT, out_f * in_f
+        form = ("oneDNN one-row" if m == 1 and size < mm.HUGE else "few-row" if m <= mm.MANY_FROM
+                else "panels" if m < 192 else "split sgemm")
         print(f"| {m} ({form}) | " + " | ".join(cells) + " |", flush=True)
     return 0
 

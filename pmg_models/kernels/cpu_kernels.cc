@@ -1007,7 +1007,7 @@ int linear_many(int nparam, void **params, int *ndims, int64_t **shapes) {
 #ifdef __AVX512F__
   if (M < kPanelRowsMax) return linear_panels(x, w, y, M, I, O), 0;
 #else
-  if (M <= 32) return linear_rows_tiled<kTileW>(x, w, nullptr, y, M, I, O), 0;
+  if (M <= 32) return linear_rows(nparam, params, ndims, shapes);  // MatMulT.FEW_ROWS
 #endif
   const bool by_columns = M <= 2 * O;
   const int64_t blocks = by_columns ? O / 16 : (M + 15) / 16;
@@ -1210,14 +1210,10 @@ int attention(int nparam, void **params, int *ndims, int64_t **shapes) {
 // the sgemm's per-call cost dominated (2.6 ms a layer at batch 8, 128 tokens, against 0.3 GFLOP).
 typedef float v16 __attribute__((vector_size(64)));  // 1 AVX-512 or 2 AVX2 registers
 #ifdef __AVX512F__
-constexpr int kScoreVecs = 2, kWeighRows = 4, kWeighVecs = 4;
+// score tiles of 8 x 2 accumulators: 16 FMAs per 2 key loads and 8 broadcasts
+constexpr int kScoreRows = 8, kScoreVecs = 2, kWeighRows = 4, kWeighVecs = 4;
 #else
-constexpr int kScoreVecs = 1, kWeighRows = 2, kWeighVecs = 2;  // 16 ymm registers
-#endif
-#ifdef __AVX512F__
-constexpr int kScoreRows = 8;  // 8 x 2 accumulators: 16 FMAs per 2 key loads and 8 broadcasts
-#else
-constexpr int kScoreRows = 4;
+constexpr int kScoreRows = 4, kScoreVecs = 1, kWeighRows = 2, kWeighVecs = 2;  // 16 ymm registers
 #endif
 constexpr int64_t kMaskedBlock = 32, kKeyStep = 16 * kScoreVecs;
 
@@ -1482,7 +1478,7 @@ int masked_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
           const float *mi = mask + (b * Tq + q0) * Tk + j0;
           for (int64_t i = 0, rows; i < m; i += rows) {
             float *si = s.data() + i * ld;
-            switch (rows = std::min<int64_t>(m - i, kScoreRows) >= 8 ? 8 : std::min<int64_t>(m - i, 4)) {
+            switch (rows = m - i >= kScoreRows ? kScoreRows : std::min<int64_t>(m - i, 4)) {
               case 8: score_rows<8>(qb + i * ldq, ldq, kb, ld, D, n, scale, mi + i * Tk, Tk, si); break;
               case 4: score_rows<4>(qb + i * ldq, ldq, kb, ld, D, n, scale, mi + i * Tk, Tk, si); break;
               case 3: score_rows<3>(qb + i * ldq, ldq, kb, ld, D, n, scale, mi + i * Tk, Tk, si); break;
