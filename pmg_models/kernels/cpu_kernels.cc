@@ -1419,6 +1419,42 @@ void weigh_dims(const float *p, int64_t ldp, const float *v, int64_t ldv, int64_
   for (; d < D; d += 16) weigh_rows<ROWS, 1>(p, ldp, v + d, ldv, n, inv, y + d, ldy);
 }
 
+// The first key j of a mask row with mr[j] > -1e8 (Tk if none), and one past the last (given one at j).
+#ifdef __AVX512F__
+inline int64_t first_open(const float *mr, int64_t Tk) {
+  const __m512 closed = _mm512_set1_ps(-1e8f);
+  for (int64_t j = 0; j < Tk; j += 16) {
+    const __mmask16 in = tail_mask(std::min<int64_t>(16, Tk - j));
+    const unsigned open = _mm512_mask_cmp_ps_mask(in, _mm512_maskz_loadu_ps(in, mr + j), closed, _CMP_GT_OQ);
+    if (open) return j + __builtin_ctz(open);
+  }
+  return Tk;
+}
+
+inline int64_t end_open(const float *mr, int64_t j, int64_t Tk) {
+  const __m512 closed = _mm512_set1_ps(-1e8f);
+  for (int64_t e = Tk; e > j; e -= 16) {
+    const int64_t s = std::max(j, e - 16);
+    const __mmask16 in = tail_mask(e - s);
+    const unsigned open = _mm512_mask_cmp_ps_mask(in, _mm512_maskz_loadu_ps(in, mr + s), closed, _CMP_GT_OQ);
+    if (open) return s + 32 - __builtin_clz(open);
+  }
+  return j;
+}
+#else
+inline int64_t first_open(const float *mr, int64_t Tk) {
+  int64_t j = 0;
+  while (j < Tk && mr[j] <= -1e8f) ++j;
+  return j;
+}
+
+inline int64_t end_open(const float *mr, int64_t j, int64_t Tk) {
+  int64_t e = Tk;
+  while (e > j && mr[e - 1] <= -1e8f) --e;
+  return e;
+}
+#endif
+
 int masked_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
   if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 3) return 1;
   const float *q = static_cast<const float *>(params[0]);
@@ -1439,9 +1475,7 @@ int masked_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t i = 0; i < Tq; ++i) {
       const float *mr = mask + (b * Tq + i) * Tk;
-      int64_t j = 0, e = Tk;
-      while (j < Tk && mr[j] <= -1e8f) ++j;
-      while (e > j && mr[e - 1] <= -1e8f) --e;
+      const int64_t j = first_open(mr, Tk), e = j < Tk ? end_open(mr, j, Tk) : j;
       const int64_t at = b * blocks + i / kMaskedBlock;
       if (j < e) lo[at] = std::min(lo[at], j), hi[at] = std::max(hi[at], e);
     }
@@ -1463,11 +1497,20 @@ int masked_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
       // in place for every 4 queries kept missing the caches
       kt.resize(D * ld);  // columns past last - first feed only the scratch tails of s
       vp.resize((last - first) * D);
-      for (int64_t j = first; j < last; ++j) {
-        const float *kj = k + j * ldk + (b * G + g) * D, *vj = v + j * ldk + (b * G + g) * D;
-        for (int64_t d = 0; d < D; ++d) kt[d * ld + j - first] = kj[d];
-        std::memcpy(vp.data() + (j - first) * D, vj, sizeof(float) * D);
+      const float *kh = k + (b * G + g) * D, *vh = v + (b * G + g) * D;
+#ifdef __AVX512F__
+      for (int64_t j = first; j < last; j += 16) {  // 16 x 16 blocks in registers; ld leaves room for 16
+        for (int64_t d = 0; d < D; d += 16) {
+          transpose16(kh + j * ldk + d, ldk, static_cast<int>(std::min<int64_t>(16, last - j)), 16,
+                      kt.data() + d * ld + j - first, ld, 0xffff);
+        }
       }
+#else
+      for (int64_t j = first; j < last; ++j) {
+        for (int64_t d = 0; d < D; ++d) kt[d * ld + j - first] = kh[j * ldk + d];
+      }
+#endif
+      for (int64_t j = first; j < last; ++j) std::memcpy(vp.data() + (j - first) * D, vh + j * ldk, sizeof(float) * D);
       s.resize(kMaskedBlock * ld);
       for (int64_t r = 0; r < R; ++r) {
         const int64_t h = g * R + r;
