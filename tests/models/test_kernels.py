@@ -531,6 +531,22 @@ def test_masked_attention_matches_torch(shape, native, compiled):
     assert np.isfinite(out).all()
 
 
+def test_masked_attention_any_open_keys():
+    """Masks that are not causal: open keys scattered with holes, first and last ones at every position
+    around the 16-key steps of the bounds' scan (0, 15, 16, 17, 47, Tk - 1)."""
+    tq, tk, b = 40, 50, 6
+    q, k, v, _, _ = _masked_case(tq, tk, b=b)
+    allowed = rng.random((b, tq, tk)) < 0.3
+    for row, (lo, hi) in enumerate([(0, 16), (15, 17), (16, 48), (17, 50), (47, 50), (49, 50)]):
+        allowed[row, :, :lo] = allowed[row, :, hi:] = False
+        allowed[row, :, lo] = allowed[row, :, hi - 1] = True
+    allowed[1, 3] = False  # a query row with no open key
+    mask = np.where(allowed, 0.0, -1e9).astype(np.float32)
+    out = ops.MaskedAttention()(*(runtime.to_tensor(a) for a in (q, k, v, mask))).asnumpy()
+    real = allowed.any(-1).T
+    np.testing.assert_allclose(out[real], _masked_torch(q, k, v, allowed)[real], atol=2e-5 * 8)
+
+
 def test_masked_attention_skips_closed_keys_and_rows_are_batch_independent():
     q, k, v, mask, allowed = _masked_case()
     att = ops.MaskedAttention()
