@@ -1419,7 +1419,7 @@ void weigh_dims(const float *p, int64_t ldp, const float *v, int64_t ldv, int64_
   for (; d < D; d += 16) weigh_rows<ROWS, 1>(p, ldp, v + d, ldv, n, inv, y + d, ldy);
 }
 
-// The first key j of a mask row with mr[j] > -1e8 (Tk if none), and one past the last (given one at j).
+// The first key j of a mask row with mr[j] > -1e8 (Tk if none), and one past the last from j on (j if none).
 #ifdef __AVX512F__
 inline int64_t first_open(const float *mr, int64_t Tk) {
   const __m512 closed = _mm512_set1_ps(-1e8f);
@@ -1475,7 +1475,7 @@ int masked_attention(int nparam, void **params, int *ndims, int64_t **shapes) {
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t i = 0; i < Tq; ++i) {
       const float *mr = mask + (b * Tq + i) * Tk;
-      const int64_t j = first_open(mr, Tk), e = j < Tk ? end_open(mr, j, Tk) : j;
+      const int64_t j = first_open(mr, Tk), e = end_open(mr, j, Tk);
       const int64_t at = b * blocks + i / kMaskedBlock;
       if (j < e) lo[at] = std::min(lo[at], j), hi[at] = std::max(hi[at], e);
     }
