@@ -433,6 +433,9 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
                          "no image–image d_t and no target SSIM.")
     rows = E.score_rows(base, alphas)
     summary = E.summarize(rows, alpha, variants)
+    floor = E.floor_note(E.floored_shares(base))
+    if floor:
+        notes.append(floor)
     settings = {"pairs": len(pairs), "candidates": candidates, "weights": list(weights), "alpha": alpha,
                 "alphas": alphas, "steps": steps, "size": size, "guidance": guidance, "w_soft": w_soft, "seed": seed, "limit_users": limit_users,
                 "world_reference": world_reference,

@@ -278,6 +278,33 @@ SUMMARY_METRICS = ("d_p", "d_t", "d_p_text", "d_t_text", "d_p_image", "d_t_image
 COMPONENTS = ("text", "image")  # d = blend(text, image): each part is also compared with the baseline
 
 
+def floored_shares(base: list[dict]) -> dict[str, float]:
+    """Share of candidates whose score part is <= 0, hence clamped to SCORE_FLOOR before the blend's log.
+
+    Such a part decides the blend alone (log 1e-4 outweighs any positive score), so where it is common a
+    comparison with the baseline reads the part's sign more than the sizes of both parts. Parts never
+    measured (no posters) are left out.
+    """
+    out = {}
+    for part in ("d_p_text", "d_t_text", "d_p_image", "d_t_image"):
+        values = [r[part] for r in base if r.get(part) is not None and math.isfinite(r[part])]
+        if values:
+            out[part] = float(np.mean(np.asarray(values) <= 0.0))
+    return out
+
+
+def floor_note(shares: dict[str, float]) -> str | None:
+    """The summary's note on clamped score parts, or None when no part was clamped."""
+    clamped = {k: v for k, v in shares.items() if v > 0}
+    if not clamped:
+        return None
+    parts = ", ".join(f"{k[:3]} {k[4:]} {100 * v:.0f} %" for k, v in clamped.items())  # d_p_image -> d_p image
+    return (f"Score parts at or below 0 (share of all candidates: {parts}) are clamped to {scoring.SCORE_FLOOR:g} "
+            "before the geometric blend, where such a part outweighs the other: for those candidates the blend "
+            "reads that part's sign, not the sizes of both. A CLIP whose cosines sit near 0 (the miniature "
+            "world's image–image scores) shows this; read the table of each part alone as well.")
+
+
 def _mean(values) -> float:
     v = np.asarray([np.nan if x is None else x for x in values], np.float64)
     v = v[np.isfinite(v)]

@@ -46,6 +46,15 @@ def test_summary_compares_each_part_of_the_blend():
     assert pmg["rel_change_d_t_text"] == 0.0 and pmg["rel_change_d_t_image"] == pytest.approx(45 / 60 - 1)
 
 
+def test_floored_shares_count_the_clamped_parts_and_the_note_names_them():
+    base = [{"d_p_text": 30.0, "d_t_text": 40.0, "d_p_image": pi, "d_t_image": 20.0} for pi in (-1.0, 0.0, 5.0, 8.0)]
+    shares = E.floored_shares(base)
+    assert shares == {"d_p_text": 0.0, "d_t_text": 0.0, "d_p_image": 0.5, "d_t_image": 0.0}
+    note = E.floor_note(shares)
+    assert "d_p image 50 %" in note and "d_t image" not in note and "clamped to 0.0001" in note
+    assert E.floor_note(E.floored_shares([{"d_p_text": 30.0, "d_t_text": 40.0, "d_p_image": None}])) is None
+
+
 def test_score_rows_select_one_per_alpha_and_summary_against_the_baseline():
     base = []
     for v, dp in (("baseline", (20.0, 22.0)), ("pmg", (30.0, 25.0))):
