@@ -55,7 +55,7 @@ def test_world_demo_makes_posters_on_the_target_palette_with_world_keywords(tmp_
     # preference keywords are world keyword blocks
     assert all(world.parse(list(kw))[0] for (kw,) in prefs)
     # the selected posters keep the target's background colour far above chance (1/18); measured 0.44
-    # on these 16 users with the shipped weights and [method] (0.63 on the demo's 30; 8 users, 2 of 8 or
+    # on these 16 users with the shipped weights and [method] (0.70 on `pmg demo`'s 30; 8 users, 2 of 8 or
     # 3 of 8, were too few for a rate); the issue's d_p/d_t claim is measured by pmg evaluate
     palettes = []
     for _, _, path, genres, _ in rows:
