@@ -279,7 +279,7 @@ COMPONENTS = ("text", "image")  # d = blend(text, image): each part is also comp
 
 
 def floored_shares(base: list[dict]) -> dict[str, float]:
-    """Share of candidates whose score part is <= 0, hence clamped to SCORE_FLOOR before the blend's log.
+    """Share of candidates whose score part lies below SCORE_FLOOR, hence clamped before the blend's log.
 
     Such a part decides the blend alone (log 1e-4 outweighs any positive score), so where it is common a
     comparison with the baseline reads the part's sign more than the sizes of both parts. Parts never
@@ -289,7 +289,7 @@ def floored_shares(base: list[dict]) -> dict[str, float]:
     for part in ("d_p_text", "d_t_text", "d_p_image", "d_t_image"):
         values = [r[part] for r in base if r.get(part) is not None and math.isfinite(r[part])]
         if values:
-            out[part] = float(np.mean(np.asarray(values) <= 0.0))
+            out[part] = float(np.mean(np.asarray(values) < scoring.SCORE_FLOOR))  # the clamp of scoring._log
     return out
 
 
