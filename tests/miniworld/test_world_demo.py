@@ -1,5 +1,6 @@
 """`pmg demo` on the shipped miniature-world weights: pinned files, world keywords, posters on the target's palette."""
 import io
+import os
 import types
 
 import numpy as np
@@ -48,7 +49,10 @@ def test_world_demo_makes_posters_on_the_target_palette_with_world_keywords(tmp_
                            "FROM posters p JOIN movies m ON m.movie_id = p.target_movie_id "
                            "JOIN item_keywords k ON k.movie_id = p.target_movie_id").fetchall()
         prefs = con.execute("SELECT keywords FROM user_preferences").fetchall()
+        per_pair = con.execute("SELECT DISTINCT count(*) FROM generations GROUP BY user_id, target_movie_id").fetchall()
     assert len(rows) == 16
+    # the shipped [method]: 4 candidates per pair, soft tokens at half scale
+    assert per_pair == [(4,)] and "soft_scale = 0.5" in (tmp_path / "pmg.toml").read_text()
     # item keywords: the block of the genre the target's poster takes its palette from
     right_block = [list(kw) == world.block(world.poster_genres(genres)[0]) for _, _, _, genres, kw in rows]
     assert np.mean(right_block) >= 0.75
@@ -83,3 +87,22 @@ def test_install_swaps_in_a_pinned_copy(tmp_path):
     (world_dir / "soft_prompt.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="soft_prompt.safetensors"):
         shipped.install(world_dir, root)
+
+
+@pytest.mark.parametrize("random_models, expected", [(False, "1"), (True, "0")])
+def test_demo_compiles_the_world_models_and_runs_random_ones_eagerly(monkeypatch, tmp_path, random_models, expected):
+    from flows import demo, prefect_env
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.delenv("PMG_JIT", raising=False)
+    monkeypatch.setattr(prefect_env, "configure", stop)  # the first step after the mode is chosen
+    args = types.SimpleNamespace(users=2, movies=20, steps=None, size=None, candidates=None, debug=False,
+                                 random_models=random_models)
+    with pytest.raises(Stop):
+        demo.run(tmp_path, args, io.StringIO())
+    assert os.environ["PMG_JIT"] == expected
