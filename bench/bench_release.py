@@ -24,23 +24,16 @@ def rss_mb() -> int:
     return -1
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=3)
-    parser.add_argument("--objects-only", action="store_true", help="drop the model objects only")
-    args = parser.parse_args(argv)
-
-    from bench.bench_llama import make_checkpoint
+def run_cycles(path: Path, cycles: int, objects_only: bool) -> None:
     from bench.machine import describe
     from pmg_models.generation import Sampling
     from tasks import resources
 
-    path = make_checkpoint("170m", Path(tempfile.mkdtemp()))
     gc.collect()
     print(f"Model release, {describe()}: resident MB, 170M Llama (673 MB of weights), batch 8 × 100 tokens\n")
     print(f"| cycle | before load | loaded + generated | objects dropped | release_models() |\n|---|---|---|---|---|")
     prompts = np.random.default_rng(0).integers(3, 500, (8, 100)).tolist()
-    for cycle in range(1, args.cycles + 1):
+    for cycle in range(1, cycles + 1):
         before = rss_mb()
         lm = resources.llm(path)
         lm.generate_ids(prompts, 16, Sampling(), [0] * 8)
@@ -49,9 +42,22 @@ def main(argv=None) -> int:
         resources.clear_cache()
         gc.collect()
         dropped = rss_mb()
-        if not args.objects_only:
+        if not objects_only:
             resources.release_models()
         print(f"| {cycle} | {before:,} | {loaded:,} | {dropped:,} | {rss_mb():,} |", flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--objects-only", action="store_true", help="drop the model objects only")
+    args = parser.parse_args(argv)
+
+    from bench.bench_llama import make_checkpoint
+
+    # The 673 MB checkpoint lives only as long as the run (mkdtemp left one behind per run).
+    with tempfile.TemporaryDirectory(prefix="pmg-bench-release-") as tmp:
+        run_cycles(make_checkpoint("170m", Path(tmp)), args.cycles, args.objects_only)
     return 0
 
 
