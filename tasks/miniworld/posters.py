@@ -3,8 +3,9 @@
 Drawn at 128², BOX-downsampled to the output size, as in the feasibility study
 (../shared/reference/miniworld.md §1.1): a vertical background gradient (brightness 0.8–1.15 at each
 end), the motif in the accent colour with random count/size/phase/position, the title band, and
-pixel noise σ=4. Composition rule (world.py): palette from the first block, motif and accent from
-the second block, title band from the target-only attribute.
+pixel noise σ=4. Composition rule (world.py): palette from the first block, motifs and accents from
+the later blocks (up to world.MOTIF_BLOCKS distinct genres, each in its own horizontal strip of the
+part the band leaves free), title band from the target-only attribute.
 """
 from __future__ import annotations
 
@@ -116,12 +117,30 @@ def _band(draw, attribute: world.MovieAttribute, rng):
         x += w + rng.uniform(3, 6)
 
 
+def _strips(image: Image.Image, motifs, rng, rows) -> Image.Image:
+    """Each motif drawn on its own copy of the background, kept in one horizontal strip of the canvas.
+
+    The free rows are cut into equal strips (shape centres stay inside their strip); strip i's pixels
+    run from its upper cut to its lower one, the first from the top edge and the last to the bottom.
+    """
+    cuts = np.linspace(rows[0], rows[1], len(motifs) + 1)
+    edges = [0] + [int(round(c)) for c in cuts[1:-1]] + [CANVAS]
+    out = image.copy()
+    for i, style in enumerate(motifs):
+        layer = image.copy()
+        _MOTIF_DRAWERS[style.motif](ImageDraw.Draw(layer), style.accent_rgb, rng, (cuts[i], cuts[i + 1]))
+        box = (0, edges[i], CANVAS, edges[i + 1])
+        out.paste(layer.crop(box), box)
+    return out
+
+
 def render(genres_blocks: Sequence, movie_attr: world.MovieAttribute | None, seed: int, size: int = 32) -> np.ndarray:
     """One poster as uint8 [size, size, 3].
 
     Args:
         genres_blocks: blocks as genre tokens ("Comedy") or keyword lists (["comedy", ...]); the first
-            gives the background palette, the second (or only) one the motif and accent colour.
+            gives the background palette, the later ones (or the only one) the motifs and accent colours
+            (world.motif_genres).
         movie_attr: the target's title band, or None for a poster without one.
         seed: same seed ⇒ identical pixels.
         size: output side; 128 must be a multiple of it for an exact BOX downsample.
@@ -129,13 +148,16 @@ def render(genres_blocks: Sequence, movie_attr: world.MovieAttribute | None, see
     if not len(genres_blocks):
         raise ValueError("a poster needs at least one genre block")
     first = world.STYLES[world.genre_of(genres_blocks[0])]
-    last = world.STYLES[world.genre_of(world.motif_block(genres_blocks))]
+    motifs = [world.STYLES[g] for g in world.motif_genres(genres_blocks)]
     rng = _rng(seed)
     image = _gradient(first.background_rgb, rng)
-    draw = ImageDraw.Draw(image)
     # Shapes are centred away from the band (drawn last, on top) so it cannot hide the motif.
     rows = _BAND_FREE_ROWS[movie_attr.position if movie_attr is not None else None]
-    _MOTIF_DRAWERS[last.motif](draw, last.accent_rgb, rng, rows)
+    if len(motifs) == 1:  # the single-motif poster, drawn exactly as before motifs were combined
+        _MOTIF_DRAWERS[motifs[0].motif](ImageDraw.Draw(image), motifs[0].accent_rgb, rng, rows)
+    else:
+        image = _strips(image, motifs, rng, rows)
+    draw = ImageDraw.Draw(image)
     if movie_attr is not None:
         _band(draw, movie_attr, rng)
     if size != CANVAS:
@@ -168,7 +190,7 @@ def _write_if_changed(path: Path, data: bytes) -> bool:
 def render_movie_posters(movies: Iterable[tuple[int, Sequence[str]]], out_dir, size: int = 64, seed: int = 0) -> int:
     """Write one poster per movie as `out_dir/<movie_id>.png`; returns how many files were (re)written.
 
-    A movie's poster uses its first two known genres (world.poster_genres: IMAX and
+    A movie's poster uses its first three known genres (world.poster_genres: IMAX and
     "(no genres listed)" are skipped; a movie with no known genre gets world.FALLBACK_GENRE) and its
     own title band (world.movie_attribute). Existing identical files are left untouched, so
     re-running is cheap and safe; a killed run leaves no half-written PNG under the final name.
@@ -200,9 +222,9 @@ def random_blocks(rng: np.random.Generator, two_genre_p: float = 0.6, three_genr
     """One genre, an ordered pair of distinct genres w.p. `two_genre_p`, or a triple w.p. `three_genre_p`;
     then, w.p. `repeat_first_p`, the first block repeated in second place (A → A A, A B → A A B).
 
-    Triples are the shape of a PMG prompt in this world (target block + two preference blocks); the
-    first block still gives the palette and the second the motif. A repeated first block is a PMG prompt
-    whose first preference is the target's own genre: the poster is then that genre's alone. With both
+    Triples are the shape of a PMG prompt in this world (target block + two preference blocks): the
+    first block gives the palette, the second and third a motif each. A repeated first block is a PMG
+    prompt whose first preference is the target's own genre: its motif then joins the next block's. With both
     probabilities 0 the draws are the same as before these shapes existed, so the CLIP and classifier
     datasets did not change.
     """

@@ -8,7 +8,8 @@ Stages, in order (each writes its own folder under OUT and its `train_metrics.js
   soft_prompt/ the soft prompt's training warehouse, posters and run (train_soft.py); the trained file is
                OUT/soft_prompt.safetensors
 OUT/metrics.json is rewritten after every stage: per-stage metrics, the gates of issue 8, the smoke checks
-(losses fell, loaded shapes match) and timings. A stage left out of `stages` keeps its earlier folder and
+(losses fell, loaded shapes match) and timings (seconds per stage, `total` = their sum, kept stages
+included; `this_run` = this invocation's wall time). A stage left out of `stages` keeps its earlier folder and
 metrics, so a run can be completed or redone stage by stage.
 """
 from __future__ import annotations
@@ -114,12 +115,15 @@ def train_miniworld(out_dir, seed: int = 0, smoke: bool = False, stages=STAGES, 
     out.mkdir(parents=True, exist_ok=True)
     say = emit or (lambda line: None)
     previous = _read(out / "metrics.json") or {}
-    metrics = {"seed": seed, "smoke": cfg.smoke, "stages": dict(previous.get("stages", {})), "seconds": {}}
+    # A kept stage keeps its training time, so `total` is what the folder's stages took to train.
+    kept_seconds = {k: v for k, v in previous.get("seconds", {}).items() if k in STAGES and k not in stages}
+    metrics = {"seed": seed, "smoke": cfg.smoke, "stages": dict(previous.get("stages", {})), "seconds": kept_seconds}
     t_all = time.perf_counter()
 
     def record():
         metrics["gates"] = gates(metrics["stages"])
-        metrics["seconds"]["total"] = round(time.perf_counter() - t_all, 1)
+        metrics["seconds"]["total"] = round(sum(v for k, v in metrics["seconds"].items() if k in STAGES), 1)
+        metrics["seconds"]["this_run"] = round(time.perf_counter() - t_all, 1)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
 
     for stage in STAGES:

@@ -99,7 +99,7 @@ def test_world_reference_draws_the_caption_and_compares_with_its_own_baseline():
     jobs = E.plan_jobs([pair], {7: world.block("Western")}, E.REFERENCE_VARIANTS, k=2, base_seed=0)
     by = {(j.variant, j.candidate): j for j in jobs}
     assert not any(j.soft for j in jobs)
-    # The keywords caption is target + preference blocks: western background, the first preference's motif.
+    # The keywords caption is target + preference blocks: western background, both preferences' motifs.
     img = E.render_reference(by[("world_keywords", 0)], 32)
     assert np.array_equal(img, posters.render(["Western", "Horror", "Comedy"], None, by[("world_keywords", 0)].seed))
     assert np.array_equal(E.render_reference(by[("world_baseline", 1)], 32),

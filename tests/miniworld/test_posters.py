@@ -25,7 +25,10 @@ def test_table_covers_the_18_movielens_genres_with_distinct_styles():
 def test_fallback_for_genres_outside_the_table():
     assert world.poster_genres(["IMAX"]) == [world.FALLBACK_GENRE]
     assert world.poster_genres(["(no genres listed)"]) == [world.FALLBACK_GENRE]
-    assert world.poster_genres(["IMAX", "Comedy", "Drama", "War"]) == ["Comedy", "Drama"]
+    assert world.poster_genres(["IMAX", "Comedy", "Drama", "War", "Horror"]) == ["Comedy", "Drama", "War"]
+    # a movie's keywords in a history prompt keep two blocks (what the tiny Llama reads)
+    assert world.target_block(1, ["Comedy", "Drama", "War"])[:8] == world.block("Comedy") + world.block("Drama")
+    assert len(world.target_block(1, ["Comedy", "Drama", "War"])) == 10
     with pytest.raises(ValueError, match="not a genre"):
         world.genre_of("IMAX")
 
@@ -103,26 +106,51 @@ def test_sample_dataset_labels_match_the_rule():
     assert np.array_equal(again.images, data.images)
 
 
-def test_three_block_captions_take_the_first_palette_and_the_second_motif():
+def _strip_colours(img, style):
+    """Share of `style`'s accent colour in the upper and the lower half of a poster."""
+    half = img.shape[0] // 2
+    return _near(img[:half], style.accent_rgb), _near(img[half:], style.accent_rgb)
+
+
+def test_three_block_captions_take_the_first_palette_and_both_later_motifs():
     data = posters.sample_dataset(60, seed=4, three_genre_p=0.5)
     sizes = {len(b) for b in data.blocks}
     assert sizes == {1, 2, 3}
-    for blocks, attr, i in ((b, a, i) for i, (b, a) in enumerate(zip(data.blocks, data.attributes)) if len(b) == 3):
+    triples = [(b, a, i) for i, (b, a) in enumerate(zip(data.blocks, data.attributes)) if len(b) == 3]
+    for blocks, attr, i in triples:
         assert len(set(blocks)) == 3
         lab = world.labels(blocks, attr)
         assert lab["bg"] == world.GENRES.index(blocks[0])
         assert lab["motif"] == world.MOTIFS.index(world.STYLES[blocks[1]].motif)
         assert lab["accent"] == world.ACCENT_NAMES.index(world.STYLES[blocks[1]].accent)
+        assert world.motif_genres(blocks) == list(blocks[1:])
+        assert world.motif_set(blocks) == {world.MOTIFS.index(world.STYLES[g].motif) for g in blocks[1:]}
         assert int(data.labels["bg"][i]) == lab["bg"] and int(data.labels["motif"][i]) == lab["motif"]
-        # the third block changes nothing visible: the same poster as the first two blocks alone
-        seed = 100 + i
-        assert np.array_equal(posters.render(blocks, attr, seed), posters.render(blocks[:2], attr, seed))
+        # the third block is visible: not the poster of the first two blocks alone
+        assert not np.array_equal(posters.render(blocks, attr, 100 + i), posters.render(blocks[:2], attr, 100 + i))
     # without triples the draws are those of before triples existed (the CLIP and classifier data)
     assert {len(b) for b in posters.sample_dataset(60, seed=4).blocks} == {1, 2}
 
 
-def test_a_repeated_first_block_draws_that_genre_alone():
-    """A A / A A B: a PMG prompt whose first preference is the target's genre; the poster is A's alone."""
+@pytest.mark.parametrize("blocks", [("Comedy", "Horror", "Sci-Fi"), ("Drama", "Western", "Musical")])
+def test_two_motifs_sit_in_their_own_strips(blocks):
+    """Second block's accent in the upper strip, third block's in the lower one (no band, 128 px)."""
+    second, third = world.STYLES[blocks[1]], world.STYLES[blocks[2]]
+    for seed in range(3):
+        img = posters.render(blocks, None, seed, size=128)
+        up2, low2 = _strip_colours(img, second)
+        up3, low3 = _strip_colours(img, third)
+        assert up2 > 0.03 and low3 > 0.03, (blocks, seed, up2, low3)
+        assert low2 < 0.01 and up3 < 0.01, (blocks, seed, low2, up3)
+    # a fourth block adds nothing (MOTIF_BLOCKS = 2), nor does a block repeating a motif genre
+    assert world.MOTIF_BLOCKS == 2
+    assert np.array_equal(posters.render(blocks + ("War",), None, 5), posters.render(blocks, None, 5))
+    assert np.array_equal(posters.render(blocks[:2] + blocks[1:], None, 5), posters.render(blocks, None, 5))
+
+
+def test_a_repeated_first_block_adds_its_motif_to_the_next_ones():
+    """A A / A A B: a PMG prompt whose first preference is the target's genre: A's palette and A's
+    motif (A A is A's own poster), then B's motif beside it."""
     data = posters.sample_dataset(80, seed=5, three_genre_p=0.3, repeat_first_p=0.5)
     repeats = [(i, b) for i, b in enumerate(data.blocks) if len(b) > 1 and b[0] == b[1]]
     assert repeats and {len(b) for _, b in repeats} == {2, 3}
@@ -130,7 +158,10 @@ def test_a_repeated_first_block_draws_that_genre_alone():
         attr = data.attributes[i]
         assert world.labels(blocks, attr) == world.labels(blocks[:1], attr)
         assert int(data.labels["motif"][i]) == world.MOTIFS.index(world.STYLES[blocks[0]].motif)
-        assert np.array_equal(posters.render(blocks, attr, 7), posters.render(blocks[:1], attr, 7))
+        if len(blocks) == 2:
+            assert np.array_equal(posters.render(blocks, attr, 7), posters.render(blocks[:1], attr, 7))
+        else:
+            assert world.motif_genres(blocks) == [blocks[0], blocks[2]]
     assert posters.sample_dataset(60, seed=4, three_genre_p=0.5).blocks == \
         posters.sample_dataset(60, seed=4, three_genre_p=0.5, repeat_first_p=0.0).blocks
 

@@ -62,3 +62,9 @@ def test_a_stage_can_be_redone(smoke_run):
     again = train_miniworld(out, seed=0, smoke=True, stages=("soft_prompt",))
     assert again["stages"]["soft_prompt"]["loss_fell"] is not None
     assert again["stages"]["llama"] == first["stages"]["llama"]
+    # the kept stages keep their training times; the total is what the folder's stages took
+    for stage in ("classifier", "clip", "sd", "llama"):
+        assert again["seconds"][stage] == first["seconds"][stage]
+    stage_seconds = sum(v for k, v in again["seconds"].items() if k in STAGES)
+    assert again["seconds"]["total"] == pytest.approx(stage_seconds, abs=0.2)
+    assert set(again["seconds"]) == set(STAGES) | {"total", "this_run"}
