@@ -153,10 +153,7 @@ def render(genres_blocks: Sequence, movie_attr: world.MovieAttribute | None, see
     image = _gradient(first.background_rgb, rng)
     # Shapes are centred away from the band (drawn last, on top) so it cannot hide the motif.
     rows = _BAND_FREE_ROWS[movie_attr.position if movie_attr is not None else None]
-    if len(motifs) == 1:  # the single-motif poster, drawn exactly as before motifs were combined
-        _MOTIF_DRAWERS[motifs[0].motif](ImageDraw.Draw(image), motifs[0].accent_rgb, rng, rows)
-    else:
-        image = _strips(image, motifs, rng, rows)
+    image = _strips(image, motifs, rng, rows)  # one motif: one strip, the whole canvas
     draw = ImageDraw.Draw(image)
     if movie_attr is not None:
         _band(draw, movie_attr, rng)

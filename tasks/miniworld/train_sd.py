@@ -199,9 +199,7 @@ def eval_plan(cfg: SDStageConfig, seed: int):
 
 
 def score_images(images: np.ndarray, plan, classifier_dir: Path | None) -> dict:
-    """Classifier accuracies by caption kind: single-genre, pairs (target bg / preference motif, the
-    gates), triples, repeats (first block repeated); "all" is singles and pairs. On a poster of two
-    motif genres (triples, repeats) a motif or accent read counts if it is either genre's.
+    """The independent classifier's reads of `images`, scored by `accuracies`.
 
     Empty when there is no trained classifier in `classifier_dir` (yet).
     """
@@ -209,18 +207,21 @@ def score_images(images: np.ndarray, plan, classifier_dir: Path | None) -> dict:
         return {}
     from tasks.miniworld import classifier
 
-    net = classifier.load_classifier(classifier_dir)
-    pred = classifier.classify(net, images)
+    return accuracies(classifier.classify(classifier.load_classifier(classifier_dir), images), plan)
+
+
+def accuracies(pred: dict, plan) -> dict:
+    """Accuracies of class reads `pred` (head → (N,) ints) by caption kind: single-genre, pairs (target bg /
+    preference motif, the gates), triples, repeats (first block repeated); "all" is singles and pairs.
+    On a poster of two motif genres (triples, repeats) a motif or accent read counts if it is either genre's.
+    """
     labels = [world.labels(b, a) for b, a, _ in plan]
     size = np.array([len(b) for b, _, _ in plan])
     repeat = np.array([len(b) > 1 and b[0] == b[1] for b, _, _ in plan])
-    out = {}
     kinds = (("single", size == 1), ("pair", (size == 2) & ~repeat), ("triple", (size == 3) & ~repeat),
              ("repeat", repeat), ("all", (size <= 2) & ~repeat))
-    # A poster of two motif genres shows both motifs and accents: either one read is right.
-    shown = {"motif": [world.motif_set(b) for b, _, _ in plan],
-             "accent": [{world.ACCENT_NAMES.index(world.STYLES[g].accent) for g in world.motif_genres(b)}
-                        for b, _, _ in plan]}
+    shown = {"motif": [world.motif_set(b) for b, _, _ in plan], "accent": [world.accent_set(b) for b, _, _ in plan]}
+    out = {}
     for kind, sel in kinds:
         if not sel.any():
             continue
@@ -228,7 +229,7 @@ def score_images(images: np.ndarray, plan, classifier_dir: Path | None) -> dict:
             if head in shown:
                 ok = np.array([int(p) in s for p, s in zip(pred[head], shown[head])])
             else:
-                ok = pred[head] == np.array([lab[head] for lab in labels])
+                ok = np.asarray(pred[head]) == np.array([lab[head] for lab in labels])
             out[f"{kind}_{head}"] = round(float(np.mean(ok[sel])), 4)
     out["target_bg_accuracy"] = out.get("pair_bg", float("nan"))
     out["preference_motif_accuracy"] = out.get("pair_motif", float("nan"))

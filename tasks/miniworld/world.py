@@ -196,6 +196,11 @@ def motif_set(blocks: Sequence) -> set[int]:
     return {MOTIFS.index(STYLES[g].motif) for g in motif_genres(blocks)}
 
 
+def accent_set(blocks: Sequence) -> set[int]:
+    """Accent class indices a poster of these blocks shows (its motifs' colours)."""
+    return {ACCENT_NAMES.index(STYLES[g].accent) for g in motif_genres(blocks)}
+
+
 def labels(blocks: Sequence, attribute: MovieAttribute | None) -> dict[str, int]:
     """Class indices the composition rule implies: bg from the first block, motif/accent from the first
     motif genre (the second block, or the only one)."""

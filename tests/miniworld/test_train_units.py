@@ -8,7 +8,7 @@ from tasks.miniworld import world
 from tasks.miniworld.train_clip import caption_corpus, same_caption_targets, write_tokenizer
 from tasks.miniworld.train_common import all_captions, falling, lr_schedule
 from tasks.miniworld.train_llama import keyword_accuracy, length_buckets, make_item_pair, make_pair, top_genres
-from tasks.miniworld.train_sd import SDStageConfig, eval_plan, scheduler_config, v_target
+from tasks.miniworld.train_sd import SDStageConfig, accuracies, eval_plan, scheduler_config, v_target
 from tasks.pmg.history import HistoryItem
 
 
@@ -161,3 +161,22 @@ def test_sd_init_arrays_survive_training_steps():
     moved = [p.name for p in unet.trainable_params() if not np.array_equal(p.asnumpy(), before[p.name])]
     assert moved, "the training steps changed nothing"
     assert all(np.array_equal(arrays[k], before[k]) for k in arrays)
+
+
+def test_sd_accuracies_count_either_motif_of_a_two_motif_poster():
+    """Pairs are scored against their one motif (the gate); a triple's read may be either later block's."""
+    band = world.ATTRIBUTES[0]
+    plan = [(("Comedy", "Horror"), band, 0), (("Comedy", "Horror", "War"), band, 1),
+            (("Comedy", "Horror", "War"), band, 2), (("Drama", "Drama", "Western"), None, 3)]
+    m, a = world.MOTIFS.index, world.ACCENT_NAMES.index
+    pred = {"bg": np.array([world.GENRES.index(g) for g in ("Comedy", "Comedy", "Horror", "Drama")]),
+            # pair: War's stripes (wrong); triples: War's stripes, then Horror's triangles; repeat: Western's
+            "motif": np.array([m("stripes"), m("stripes"), m("triangles"), m("triangles")]),
+            "accent": np.array([a("black"), a("black"), a("blue"), a("orange")]),
+            "band": np.array([band.index, band.index, 0, len(world.ATTRIBUTES)])}
+    acc = accuracies(pred, plan)
+    assert acc["pair_motif"] == 0.0 and acc["preference_motif_accuracy"] == 0.0
+    assert acc["pair_bg"] == 1.0 and acc["target_bg_accuracy"] == 1.0 and acc["pair_accent"] == 1.0
+    assert acc["triple_motif"] == 1.0 and acc["triple_bg"] == 0.5 and acc["triple_accent"] == 0.5
+    assert acc["repeat_motif"] == 1.0 and acc["repeat_accent"] == 1.0 and acc["repeat_band"] == 1.0
+    assert world.accent_set(("Comedy", "Horror", "War")) == {a("black")}
