@@ -183,6 +183,26 @@ def component_table(by: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
+def taste_table(by: dict[str, dict]) -> list[str]:
+    """The comparison with the baseline on the pairs in the user's taste and on the others (E.taste_columns)."""
+    rows = [v for v in E.VARIANTS + E.REFERENCE_VARIANTS if v in by and v not in E.BASELINES]
+    if not rows or "pairs_in_taste" not in by[rows[0]]:
+        return []
+    share = f"{100 * E.IN_TASTE_SHARE:.0f} %"
+    lines = [f"By taste: a pair is in the user's taste when ≥ {share} of the target's poster keywords are among the "
+             "user's preference keywords (its baseline is personalized already, so d_p has little room to rise); "
+             "the outside pairs are those personalization has to change:", "",
+             "| variant | pairs in taste | d_p > baseline | Δ d_t | pairs outside | d_p > baseline | Δ d_t |",
+             "|---|---|---|---|---|---|---|"]
+    win = lambda x: "—" if math.isnan(x) else f"{100 * x:.0f}%"  # noqa: E731
+    for v in rows:
+        r = by[v]
+        lines.append(f"| {E.TITLES[v]} | {r['pairs_in_taste']} | {win(r['win_rate_d_p_in_taste'])} "
+                     f"| {_fmt(r['rel_change_d_t_in_taste'], True)} | {r['pairs_outside_taste']} "
+                     f"| {win(r['win_rate_d_p_outside_taste'])} | {_fmt(r['rel_change_d_t_outside_taste'], True)} |")
+    return lines + [""]
+
+
 def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Sequence[str], skipped: dict[str, str],
                    notes: list[str], settings: dict) -> Path:
     """summary.md: one table row per variant (skipped variants say why), then the notes and settings."""
@@ -216,6 +236,7 @@ def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Seque
               "given): lower = more similar; a negative Δ LPIPS history means images closer to the user's history "
               "posters than the baseline's (the paper's personalization measure).", ""]
     lines += component_table(by)
+    lines += taste_table(by)
     lines += ["## Notes", ""]
     lines += [f"- {n}" for n in notes]
     lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()]
@@ -433,6 +454,10 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
                          "no image–image d_t and no target SSIM.")
     rows = E.score_rows(base, alphas)
     summary = E.summarize(rows, alpha, variants)
+    taste = E.taste_columns(rows, alpha, variants, {(p.user_id, p.target_movie_id): E.pair_taste_overlap(p, item_kw)
+                                                    for p in pairs})
+    for r in summary:
+        r.update(taste[r["variant"]])
     floor = E.floor_note(E.floored_shares(base))
     if floor:
         notes.append(floor)

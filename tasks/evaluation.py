@@ -159,6 +159,27 @@ def target_kw(pair: Pair, item_kw: dict[int, list[str]], with_title: bool = True
     return conditioning.target_keywords(pair.title, item_kw.get(pair.target_movie_id), with_title=with_title)
 
 
+# A pair is "in the user's taste" when half or more of the target's poster keywords are already among the
+# user's preference keywords: its baseline poster is personalized before a preference is added, so d_p has
+# little room to rise there. Reported apart, never used to choose pairs.
+IN_TASTE_SHARE = 0.5
+
+
+def taste_overlap(target_keywords: Sequence[str] | None, pref_keywords: Sequence[str] | None) -> float:
+    """Share of the target's keywords found (case-insensitively) among the preference keywords; NaN without any."""
+    target = {k.casefold() for k in history.clean_keywords(target_keywords, conditioning.MAX_KEYWORDS)}
+    if not target:
+        return math.nan
+    prefs = {k.casefold() for k in history.clean_keywords(pref_keywords, conditioning.MAX_KEYWORDS)}
+    return len(target & prefs) / len(target)
+
+
+def pair_taste_overlap(pair: Pair, item_kw: dict[int, list[str]]) -> float:
+    """taste_overlap of the target keywords the prompt carries and the pair's preference keywords."""
+    target = history.clean_keywords(item_kw.get(pair.target_movie_id), conditioning.N_TARGET_KEYWORDS)
+    return taste_overlap(target, pair.pref_keywords)
+
+
 # ---------------------------------------------------------------------------------- evaluation
 @dataclass(frozen=True)
 class Job:
@@ -345,6 +366,22 @@ def summarize(rows: list[dict], alpha: float, variants: Sequence[str]) -> list[d
                 row.update(win_rate_lpips_history=lp["win_rate_d_p"], rel_change_lpips_history=lp["rel_change_d_p"],
                            rel_change_lpips_target=lp["rel_change_d_t"])
         out.append(row)
+    return out
+
+
+def taste_columns(rows: list[dict], alpha: float, variants: Sequence[str],
+                  overlap: dict[tuple[int, int], float]) -> dict[str, dict]:
+    """Per variant: pairs, d_p win rate and Δ d_t on the pairs in the user's taste and on the others.
+
+    `overlap` maps (user, target) to pair_taste_overlap; pairs whose overlap is NaN fall in neither group.
+    """
+    out = {v: {} for v in variants}
+    for name, inside in (("in_taste", True), ("outside_taste", False)):
+        keys = {k for k, o in overlap.items() if not math.isnan(o) and (o >= IN_TASTE_SHARE) == inside}
+        part = [r for r in rows if (r["user_id"], r["target_movie_id"]) in keys]
+        for r in summarize(part, alpha, variants):
+            out[r["variant"]].update({f"pairs_{name}": r["pairs"], f"win_rate_d_p_{name}": r["win_rate_d_p"],
+                                      f"rel_change_d_t_{name}": r["rel_change_d_t"]})
     return out
 
 

@@ -25,6 +25,7 @@ DEFAULT_WEIGHTS = (1.0, 2.0)  # the original's style_weight grid for movies
 SEED_SPACE = 2**31  # fits int32 seeds (MindSpore) and NumPy Generators alike
 MAX_KEYWORDS = 32
 MAX_KEYWORD_CHARS = MAX_TITLE_CHARS + 10  # "named '<title>'" is the longest keyword
+N_TARGET_KEYWORDS = 5  # item keywords in the target part of the prompt, as the original
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ def negative_prompt(scene: str = "movie") -> str:
     return NEGATIVE_PROMPTS[scene]
 
 
-def target_keywords(title: str, item_keywords: Iterable[str] | None, n: int = 5, with_title: bool = True) -> list[str]:
+def target_keywords(title: str, item_keywords: Iterable[str] | None, n: int = N_TARGET_KEYWORDS,
+                    with_title: bool = True) -> list[str]:
     """["movie poster", title, "named '<title>'", kw1..kwn] as the original (title without its year).
 
     `with_title=False` leaves the title out, for generators whose captions never had titles.

@@ -46,6 +46,42 @@ def test_summary_compares_each_part_of_the_blend():
     assert pmg["rel_change_d_t_text"] == 0.0 and pmg["rel_change_d_t_image"] == pytest.approx(45 / 60 - 1)
 
 
+def test_taste_overlap_is_the_share_of_target_keywords_among_the_preferences():
+    target = ["Drama", "navy", "white", "stripes"]
+    assert E.taste_overlap(target, ["drama", "Navy", "white", "stripes", "crime", "grey"]) == 1.0
+    assert E.taste_overlap(target, ["comedy", "yellow", "white", "circles"]) == 0.25
+    assert E.taste_overlap(target, None) == 0.0
+    assert math.isnan(E.taste_overlap([], ["drama"])) and math.isnan(E.taste_overlap(None, ["drama"]))
+    # The pair's target keywords are those its prompt carries (the first N_TARGET_KEYWORDS).
+    pair = _pair(1, 7, prefs=["storm", "city"])
+    assert E.pair_taste_overlap(pair, {7: ["storm", "a", "b", "c", "d", "city"]}) == 0.2
+
+
+def test_taste_columns_split_the_comparison_by_the_users_taste(tmp_path):
+    """PMG loses on the pair already in the user's taste and wins outside it; a pair without keywords is in neither."""
+    from flows.evaluate import taste_table, write_markdown
+
+    base = [{"variant": v, "user_id": u, "target_movie_id": 7, "candidate": 0, "d_p_text": dp, "d_t_text": 40.0,
+             "d_p_image": None, "d_t_image": None, "ssim_target": 0.5, "ssim_history": 0.5}
+            for u, dps in ((1, (30.0, 20.0)), (2, (10.0, 25.0)), (3, (10.0, 25.0)))
+            for v, dp in zip(("baseline", "pmg"), dps)]
+    rows = E.score_rows(base, [0.5])
+    taste = E.taste_columns(rows, 0.5, ["baseline", "pmg"], {(1, 7): 1.0, (2, 7): 0.25, (3, 7): math.nan})
+    pmg = taste["pmg"]
+    assert (pmg["pairs_in_taste"], pmg["win_rate_d_p_in_taste"]) == (1, 0.0)
+    assert (pmg["pairs_outside_taste"], pmg["win_rate_d_p_outside_taste"]) == (1, 1.0)
+    assert math.isnan(taste["baseline"]["win_rate_d_p_in_taste"])
+
+    summary = E.summarize(rows, 0.5, ["baseline", "pmg"])
+    assert taste_table({r["variant"]: r for r in summary}) == []  # no split computed, no table
+    for r in summary:
+        r.update(taste[r["variant"]])
+    md = write_markdown(tmp_path / "summary.md", "r", summary, ["baseline", "pmg"], {}, [],
+                        {"pairs": 3, "candidates": 1, "alpha": 0.5}).read_text()
+    line = next(x for x in md.split("pairs in taste")[1].splitlines() if x.startswith(f"| {E.TITLES['pmg']} |"))
+    assert line == f"| {E.TITLES['pmg']} | 1 | 0% | +0.0% | 1 | 100% | +0.0% |"
+
+
 def test_floored_shares_count_the_clamped_parts_and_the_note_names_them():
     base = [{"d_p_text": 30.0, "d_t_text": 40.0, "d_p_image": pi, "d_t_image": 20.0} for pi in (-1.0, 0.0, 5.0, 8.0)]
     shares = E.floored_shares(base)

@@ -97,6 +97,7 @@ def test_train_then_evaluate_then_rerun(world, capsys):
     assert all(title in md for title in VARIANT_TITLES.values()) and "skipped" not in md.split("## Notes")[0]
     assert "LPIPS (AlexNet" in md
     assert "| variant | d_p text > baseline |" in md  # the blend's parts compared one by one
+    assert "| variant | pairs in taste | d_p > baseline |" in md  # and the pairs split by the user's taste
     assert (out_dir / "alpha_sweep.png").read_bytes()[:4] == b"\x89PNG"
     from PIL import Image
 
@@ -109,6 +110,7 @@ def test_train_then_evaluate_then_rerun(world, capsys):
                                                         "mean_d_p_image", "mean_d_t_image", "mean_lpips_target",
                                                         "mean_lpips_history"))
     assert all(_finite(r[k]) for r in summary[1:] for k in ("win_rate_d_p", "rel_change_d_t", "rel_change_lpips_history"))
+    assert all(int(r["pairs_in_taste"]) + int(r["pairs_outside_taste"]) == 2 for r in summary)
     rows = list(csv.DictReader(open(out_dir / "results.csv")))
     assert len(rows) == 4 * 2 * 2 * 6  # variants x pairs x candidates x alphas
     assert all((out_dir / r["image_path"]).is_file() for r in rows)
