@@ -203,6 +203,22 @@ def taste_table(by: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
+def headline(summary: list[dict]) -> list[str]:
+    """One line per compared variant for the terminal: d_p win rate and Δ d_t, and the taste split if present."""
+    pct = lambda x: "—" if math.isnan(x) else f"{100 * x:.0f} %"  # noqa: E731
+    lines = []
+    for r in summary:
+        if r["variant"] in E.BASELINES:
+            continue
+        line = (f"{E.TITLES[r['variant']]}: d_p > baseline in {pct(r['win_rate_d_p'])} of pairs, "
+                f"Δ d_t {_fmt(r['rel_change_d_t'], True)}")
+        if "pairs_in_taste" in r:
+            line += (f" (in the user's taste: {pct(r['win_rate_d_p_in_taste'])} of {r['pairs_in_taste']}; "
+                     f"outside: {pct(r['win_rate_d_p_outside_taste'])} of {r['pairs_outside_taste']})")
+        lines.append(line)
+    return lines
+
+
 def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Sequence[str], skipped: dict[str, str],
                    notes: list[str], settings: dict) -> Path:
     """summary.md: one table row per variant (skipped variants say why), then the notes and settings."""

@@ -106,7 +106,7 @@ def cmd_evaluate(args) -> int:
 
     prefect_env.configure(args.warehouse)
     progress.install(progress.TerminalProgress())
-    from flows.evaluate import evaluate_run
+    from flows.evaluate import evaluate_run, headline
 
     s = evaluate_run(args.warehouse, posters=args.posters, soft_prompt=args.soft_prompt, config=args.config,
                      llm=args.llm, sd=args.sd, clip=args.clip, alphas=_alphas(args.alphas), alpha=args.alpha,
@@ -116,7 +116,9 @@ def cmd_evaluate(args) -> int:
                      world_reference=args.world_reference)
     for note in s["notes"]:
         print(note, file=sys.stderr)
-    print(f"evaluated {s['pairs']} (user, target) pairs, variants: {', '.join(s['variants'])}")
+    print(f"evaluated {s['pairs']} (user, target) pairs at α = {s['alpha']}, variants: {', '.join(s['variants'])}")
+    for line in headline(s["summary"]):
+        print(f"  {line}")
     print(f"report: {s['markdown']}")
     print(f"tables: {s['summary_csv']}, {s['results_csv']}")
     print(f"plot:   {s['plot']}")

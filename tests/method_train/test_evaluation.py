@@ -59,7 +59,7 @@ def test_taste_overlap_is_the_share_of_target_keywords_among_the_preferences():
 
 def test_taste_columns_split_the_comparison_by_the_users_taste(tmp_path):
     """PMG loses on the pair already in the user's taste and wins outside it; a pair without keywords is in neither."""
-    from flows.evaluate import taste_table, write_markdown
+    from flows.evaluate import headline, taste_table, write_markdown
 
     base = [{"variant": v, "user_id": u, "target_movie_id": 7, "candidate": 0, "d_p_text": dp, "d_t_text": 40.0,
              "d_p_image": None, "d_t_image": None, "ssim_target": 0.5, "ssim_history": 0.5}
@@ -80,6 +80,8 @@ def test_taste_columns_split_the_comparison_by_the_users_taste(tmp_path):
                         {"pairs": 3, "candidates": 1, "alpha": 0.5}).read_text()
     line = next(x for x in md.split("pairs in taste")[1].splitlines() if x.startswith(f"| {E.TITLES['pmg']} |"))
     assert line == f"| {E.TITLES['pmg']} | 1 | 0% | +0.0% | 1 | 100% | +0.0% |"
+    assert headline(summary) == [f"{E.TITLES['pmg']}: d_p > baseline in 67 % of pairs, Δ d_t +0.0% "
+                                 "(in the user's taste: 0 % of 1; outside: 100 % of 1)"]
 
 
 def test_floored_shares_count_the_clamped_parts_and_the_note_names_them():
