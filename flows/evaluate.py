@@ -167,25 +167,34 @@ def _fmt(x, pct: bool = False) -> str:
     return f"{100 * x:+.1f}%" if pct else f"{x:.4f}"
 
 
+def _share(x: float, unit: str = "%") -> str:
+    """A win rate as a whole percentage; "—" when there was nothing to compare."""
+    return "—" if math.isnan(x) else f"{100 * x:.0f}{unit}"
+
+
+def _compared(by: dict[str, dict]) -> list[str]:
+    """The report's variants that are compared with a baseline, in report order."""
+    return [v for v in E.VARIANTS + E.REFERENCE_VARIANTS if v in by and v not in E.BASELINES]
+
+
 def component_table(by: dict[str, dict]) -> list[str]:
     """The comparison with the baseline for each part of the blend (CLIP text score, image–image score) alone."""
-    rows = [v for v in E.VARIANTS + E.REFERENCE_VARIANTS if v in by and v not in E.BASELINES]
+    rows = _compared(by)
     if not rows or all(math.isnan(by[v]["win_rate_d_p_image"]) for v in rows):
         return []
     lines = ["Each part of d_p and d_t alone (text: vs the keyword texts, as the original's reranker; image: vs the "
              "history posters / the target poster):", "",
              "| variant | d_p text > baseline | Δ d_t text | d_p image > baseline | Δ d_t image |", "|---|---|---|---|---|"]
-    win = lambda x: "—" if math.isnan(x) else f"{100 * x:.0f}%"  # noqa: E731
     for v in rows:
         r = by[v]
-        lines.append(f"| {E.TITLES[v]} | {win(r['win_rate_d_p_text'])} | {_fmt(r['rel_change_d_t_text'], True)} "
-                     f"| {win(r['win_rate_d_p_image'])} | {_fmt(r['rel_change_d_t_image'], True)} |")
+        lines.append(f"| {E.TITLES[v]} | {_share(r['win_rate_d_p_text'])} | {_fmt(r['rel_change_d_t_text'], True)} "
+                     f"| {_share(r['win_rate_d_p_image'])} | {_fmt(r['rel_change_d_t_image'], True)} |")
     return lines + [""]
 
 
 def taste_table(by: dict[str, dict]) -> list[str]:
     """The comparison with the baseline on the pairs in the user's taste and on the others (E.taste_columns)."""
-    rows = [v for v in E.VARIANTS + E.REFERENCE_VARIANTS if v in by and v not in E.BASELINES]
+    rows = _compared(by)
     if not rows or "pairs_in_taste" not in by[rows[0]]:
         return []
     share = f"{100 * E.IN_TASTE_SHARE:.0f} %"
@@ -194,27 +203,25 @@ def taste_table(by: dict[str, dict]) -> list[str]:
              "the outside pairs are those personalization has to change:", "",
              "| variant | pairs in taste | d_p > baseline | Δ d_t | pairs outside | d_p > baseline | Δ d_t |",
              "|---|---|---|---|---|---|---|"]
-    win = lambda x: "—" if math.isnan(x) else f"{100 * x:.0f}%"  # noqa: E731
     for v in rows:
         r = by[v]
-        lines.append(f"| {E.TITLES[v]} | {r['pairs_in_taste']} | {win(r['win_rate_d_p_in_taste'])} "
+        lines.append(f"| {E.TITLES[v]} | {r['pairs_in_taste']} | {_share(r['win_rate_d_p_in_taste'])} "
                      f"| {_fmt(r['rel_change_d_t_in_taste'], True)} | {r['pairs_outside_taste']} "
-                     f"| {win(r['win_rate_d_p_outside_taste'])} | {_fmt(r['rel_change_d_t_outside_taste'], True)} |")
+                     f"| {_share(r['win_rate_d_p_outside_taste'])} | {_fmt(r['rel_change_d_t_outside_taste'], True)} |")
     return lines + [""]
 
 
 def headline(summary: list[dict]) -> list[str]:
     """One line per compared variant for the terminal: d_p win rate and Δ d_t, and the taste split if present."""
-    pct = lambda x: "—" if math.isnan(x) else f"{100 * x:.0f} %"  # noqa: E731
     lines = []
     for r in summary:
         if r["variant"] in E.BASELINES:
             continue
-        line = (f"{E.TITLES[r['variant']]}: d_p > baseline in {pct(r['win_rate_d_p'])} of pairs, "
+        line = (f"{E.TITLES[r['variant']]}: d_p > baseline in {_share(r['win_rate_d_p'], ' %')} of pairs, "
                 f"Δ d_t {_fmt(r['rel_change_d_t'], True)}")
         if "pairs_in_taste" in r:
-            line += (f" (in the user's taste: {pct(r['win_rate_d_p_in_taste'])} of {r['pairs_in_taste']}; "
-                     f"outside: {pct(r['win_rate_d_p_outside_taste'])} of {r['pairs_outside_taste']})")
+            line += (f" (in the user's taste: {_share(r['win_rate_d_p_in_taste'], ' %')} of {r['pairs_in_taste']}; "
+                     f"outside: {_share(r['win_rate_d_p_outside_taste'], ' %')} of {r['pairs_outside_taste']})")
         lines.append(line)
     return lines
 
@@ -233,8 +240,7 @@ def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Seque
     for v in E.VARIANTS + tuple(v for v in E.REFERENCE_VARIANTS if v in by):
         if v in by:
             r = by[v]
-            w = r["win_rate_d_p"]
-            win = "—" if v in E.BASELINES or math.isnan(w) else f"{100 * w:.0f}%"
+            win = "—" if v in E.BASELINES else _share(r["win_rate_d_p"])
             lines.append(f"| {E.TITLES[v]} | {r['pairs']} | {_fmt(r['mean_d_p'])} | {_fmt(r['mean_d_t'])} "
                          f"| {win} | {'—' if v in E.BASELINES else _fmt(r['rel_change_d_t'], True)} "
                          f"| {_fmt(r['mean_d_p_text'])} | {_fmt(r['mean_d_t_text'])} | {_fmt(r['mean_d_p_image'])} "
