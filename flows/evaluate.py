@@ -211,6 +211,22 @@ def taste_table(by: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
+def candidates_table(sweep_rows: list[dict]) -> list[str]:
+    """The comparison with the baseline had fewer candidates been generated (E.candidate_sweep); none for K = 1."""
+    counts = sorted({r["candidates"] for r in sweep_rows})
+    by = {(r["candidates"], r["variant"]): r for r in sweep_rows}
+    rows = _compared({r["variant"]: r for r in sweep_rows})
+    if len(counts) < 2 or not rows:
+        return []
+    lines = ["By number of candidates: the same comparison when only each variant's first n candidates are kept "
+             "(an n-candidate run's; d_p > baseline / Δ d_t, selection at the same α):", "",
+             "| variant | " + " | ".join(f"n = {n}" for n in counts) + " |", "|---|" + "---|" * len(counts)]
+    for v in rows:
+        cells = (f"{_share(by[n, v]['win_rate_d_p'])} / {_fmt(by[n, v]['rel_change_d_t'], True)}" for n in counts)
+        lines.append(f"| {E.TITLES[v]} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def headline(summary: list[dict]) -> list[str]:
     """One line per compared variant for the terminal: d_p win rate and Δ d_t, and the taste split if present."""
     lines = []
@@ -227,7 +243,7 @@ def headline(summary: list[dict]) -> list[str]:
 
 
 def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Sequence[str], skipped: dict[str, str],
-                   notes: list[str], settings: dict) -> Path:
+                   notes: list[str], settings: dict, by_candidates: list[dict] = ()) -> Path:
     """summary.md: one table row per variant (skipped variants say why), then the notes and settings."""
     lines = [f"# PMG evaluation `{run_id}`", "",
              f"{settings['pairs']} held-out (user, target) pairs, {settings['candidates']} candidates per variant, "
@@ -259,6 +275,7 @@ def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Seque
               "posters than the baseline's (the paper's personalization measure).", ""]
     lines += component_table(by)
     lines += taste_table(by)
+    lines += candidates_table(list(by_candidates))
     lines += ["## Notes", ""]
     lines += [f"- {n}" for n in notes]
     lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()]
@@ -480,6 +497,7 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
                                                     for p in pairs})
     for r in summary:
         r.update(taste[r["variant"]])
+    by_candidates = E.candidate_sweep(base, alpha, variants)
     floor = E.floor_note(E.floored_shares(base))
     if floor:
         notes.append(floor)
@@ -492,7 +510,9 @@ def evaluate_run(warehouse: str, posters: str | None = None, soft_prompt: str | 
                 "prompt_version": prompts.prompt_version(prompt_style)}
     files = {"results_csv": write_csv(out_dir / "results.csv", rows, ROW_FIELDS),
              "summary_csv": write_csv(out_dir / "summary.csv", summary, list(summary[0])),
-             "markdown": write_markdown(out_dir / "summary.md", run_id, summary, variants, skipped, notes, settings),
+             "candidates_csv": write_csv(out_dir / "candidates.csv", by_candidates, list(by_candidates[0])),
+             "markdown": write_markdown(out_dir / "summary.md", run_id, summary, variants, skipped, notes, settings,
+                                        by_candidates),
              "plot": write_plot(out_dir / "alpha_sweep.png", E.sweep(rows, variants), alpha)}
     grid_png = write_pairs_grid(out_dir / "pairs.png", out_dir, rows, pairs, variants, alpha, posters_dir)
     if grid_png is not None:

@@ -385,6 +385,33 @@ def taste_columns(rows: list[dict], alpha: float, variants: Sequence[str],
     return out
 
 
+def candidate_counts(k: int) -> list[int]:
+    """The candidate counts the report compares: 1, 2, 4, … below k, then k."""
+    if k < 1:
+        raise ValueError(f"number of candidates must be at least 1, got {k}")
+    counts, n = [], 1
+    while n < k:
+        counts.append(n)
+        n *= 2
+    return counts + [k]
+
+
+def candidate_sweep(base: list[dict], alpha: float, variants: Sequence[str]) -> list[dict]:
+    """Per candidate count n and variant: the comparison with the baseline when only the first n candidates count.
+
+    The first n candidates of a K-candidate grid are an n-candidate run's (same seed slots and weights, see
+    plan_jobs and conditioning.candidate_grid), so one run with K candidates answers what fewer would give.
+    """
+    out = []
+    for n in candidate_counts(max(r["candidate"] for r in base) + 1):
+        rows = score_rows([r for r in base if r["candidate"] < n], [alpha])
+        for r in summarize(rows, alpha, variants):
+            out.append({"candidates": n, "variant": r["variant"], "pairs": r["pairs"], "mean_d_p": r["mean_d_p"],
+                        "mean_d_t": r["mean_d_t"], "win_rate_d_p": r["win_rate_d_p"],
+                        "rel_change_d_t": r["rel_change_d_t"]})
+    return out
+
+
 def _columns(paired, p: str, t: str) -> tuple:
     """(method p, baseline p, method t, baseline t) value lists of paired (method row, baseline row)."""
     def get(r, k):

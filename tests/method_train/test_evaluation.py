@@ -84,6 +84,38 @@ def test_taste_columns_split_the_comparison_by_the_users_taste(tmp_path):
                                  "(in the user's taste: 0 % of 1; outside: 100 % of 1)"]
 
 
+def test_candidate_counts_double_up_to_k():
+    assert E.candidate_counts(1) == [1]
+    assert E.candidate_counts(4) == [1, 2, 4]
+    assert E.candidate_counts(6) == [1, 2, 4, 6]
+    with pytest.raises(ValueError, match="at least 1"):
+        E.candidate_counts(0)
+
+
+def test_candidate_sweep_keeps_the_first_n_candidates(tmp_path):
+    """PMG's second candidate is the one that beats the baseline: with one candidate PMG loses, with two it wins."""
+    from flows.evaluate import candidates_table, write_markdown
+
+    base = [{"variant": v, "user_id": 1, "target_movie_id": 7, "candidate": c, "d_p_text": dp, "d_t_text": 40.0,
+             "d_p_image": None, "d_t_image": None, "ssim_target": 0.5, "ssim_history": 0.5}
+            for v, dps in (("baseline", (20.0, 10.0)), ("pmg", (15.0, 30.0))) for c, dp in enumerate(dps)]
+    sweep = E.candidate_sweep(base, 0.5, ["baseline", "pmg"])
+    pmg = {r["candidates"]: r for r in sweep if r["variant"] == "pmg"}
+    assert sorted(pmg) == [1, 2]
+    assert (pmg[1]["win_rate_d_p"], pmg[1]["mean_d_p"]) == (0.0, 15.0)
+    assert (pmg[2]["win_rate_d_p"], pmg[2]["mean_d_p"]) == (1.0, 30.0)
+    # n = K is the run's own summary.
+    full = {r["variant"]: r for r in E.summarize(E.score_rows(base, [0.5]), 0.5, ["baseline", "pmg"])}["pmg"]
+    assert pmg[2]["win_rate_d_p"] == full["win_rate_d_p"] and pmg[2]["rel_change_d_t"] == full["rel_change_d_t"]
+
+    assert candidates_table([r for r in sweep if r["candidates"] == 2]) == []  # one count: nothing to compare
+    md = write_markdown(tmp_path / "summary.md", "r", E.summarize(E.score_rows(base, [0.5]), 0.5, ["baseline", "pmg"]),
+                        ["baseline", "pmg"], {}, [], {"pairs": 1, "candidates": 2, "alpha": 0.5}, sweep).read_text()
+    table = md.split("By number of candidates")[1].splitlines()
+    assert "| variant | n = 1 | n = 2 |" in table
+    assert f"| {E.TITLES['pmg']} | 0% / +0.0% | 100% / +0.0% |" in table
+
+
 def test_floored_shares_count_the_clamped_parts_and_the_note_names_them():
     base = [{"d_p_text": 30.0, "d_t_text": 40.0, "d_p_image": pi, "d_t_image": 20.0} for pi in (-1.0, 0.0, 5.0, 8.0)]
     shares = E.floored_shares(base)

@@ -98,6 +98,10 @@ def test_train_then_evaluate_then_rerun(world, capsys):
     assert "LPIPS (AlexNet" in md
     assert "| variant | d_p text > baseline |" in md  # the blend's parts compared one by one
     assert "| variant | pairs in taste | d_p > baseline |" in md  # and the pairs split by the user's taste
+    assert "| variant | n = 1 | n = 2 |" in md  # and by number of candidates (the run has 2)
+    sweep = list(csv.DictReader(open(out_dir / "candidates.csv")))
+    assert [(r["candidates"], r["variant"]) for r in sweep] == [(n, v) for n in ("1", "2")
+                                                                for v in ("baseline", "pmg", "keywords", "soft")]
     assert (out_dir / "alpha_sweep.png").read_bytes()[:4] == b"\x89PNG"
     from PIL import Image
 
