@@ -4,7 +4,7 @@ Same run, same weights (a random HF checkpoint saved as safetensors), same promp
 Prefill = one prompt pass producing last-position logits (transformers: `logits_to_keep=1`, as
 `generate` does). Decode = per-token steps with a KV cache (transformers: DynamicCache + argmax loop).
 Each side's time is its best of REPEATS warm calls (so a slow call or two, from other tenants of the
-cores, does not decide a row). Compile time is the first call minus a warm call. Peak RSS while loading
+cores, does not decide a row), the two sides' calls taking turns (so a slow spell hits both). Compile time is the first call minus a warm call. Peak RSS while loading
 is measured in a fresh subprocess against the RSS just before the weights are read. Decode is also compared with the
 memory-bandwidth limit: weight bytes per step ÷ measured copy bandwidth, and prefill with the machine's
 fp32 GEMM ceiling (the best of NumPy's BLAS and PyTorch on a 2048³ matmul, same run): the share of it
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 REPEATS = 5  # warm calls per side and measure; the best counts (it was 2 until 2026-11-28)
+PAUSE_S = 0.3  # between calls that take turns: longer than OpenMP's default spin of the threads after a call
 
 SIZES = {
     "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
@@ -103,7 +104,24 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def bench_ours(lm, prompts: np.ndarray, new_tokens: int) -> dict:
+def alternating_best(calls: dict, repeats: int = REPEATS, pause: float = PAUSE_S) -> dict:
+    """Each call's best time over `repeats` rounds in which the calls take turns.
+
+    On a shared host a slow spell lasts seconds to minutes; timing one side's calls in a block and then the
+    other's lets it land on one side only (three runs minutes apart gave a batch-8 prefill ratio of 0.81–1.21×).
+    Taking turns puts both sides in the same spells. The pause lets one library's spinning threads go idle
+    before the other's call.
+    """
+    best = {name: float("inf") for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            time.sleep(pause)
+            best[name] = min(best[name], _timed(fn))
+    return best
+
+
+def ours_calls(lm, prompts: np.ndarray, new_tokens: int) -> tuple[dict, float]:
+    """Ours' prefill and generation as calls, and their compile time (first calls minus warm ones)."""
     from pmg_models.generation import Sampling, cache_bucket, length_bucket
 
     rows = prompts.tolist()
@@ -115,25 +133,26 @@ def bench_ours(lm, prompts: np.ndarray, new_tokens: int) -> dict:
     real = np.zeros((b, cache.length), np.int32)
     real[:, :prompts.shape[1]] = 1
     ids = prompts.astype(np.int32)
-    first_prefill = _timed(lambda: lm._run_prefill(prefill, ids, real))
-    warm_prefill = min(_timed(lambda: lm._run_prefill(prefill, ids, real)) for _ in range(REPEATS))
-    first_gen = _timed(lambda: lm.generate_ids(rows, new_tokens, Sampling(), seeds))
-    warm_gen = min(_timed(lambda: lm.generate_ids(rows, new_tokens, Sampling(), seeds)) for _ in range(REPEATS))
-    step = (warm_gen - warm_prefill) / (new_tokens - 1)
-    compile_s = (first_prefill - warm_prefill) + (first_gen - warm_gen)
-    return {"prefill_s": warm_prefill, "step_s": step, "compile_s": compile_s}
+    calls = {"prefill": lambda: lm._run_prefill(prefill, ids, real),
+             "generate": lambda: lm.generate_ids(rows, new_tokens, Sampling(), seeds)}
+    first = {name: _timed(fn) for name, fn in calls.items()}
+    warm = {name: _timed(fn) for name, fn in calls.items()}
+    return calls, sum(first.values()) - sum(warm.values())
 
 
-def bench_torch(model, prompts: np.ndarray, new_tokens: int) -> dict:
+def torch_calls(model, prompts: np.ndarray, new_tokens: int) -> dict:
+    """transformers' prefill (last-position logits, as `generate` does) and a greedy loop on its cache."""
     import torch
     import transformers
 
     ids = torch.tensor(prompts)
 
+    @torch.no_grad()
     def prefill():
         return model(ids, use_cache=True, cache=transformers.DynamicCache(config=model.config),
                      logits_to_keep=1)
 
+    @torch.no_grad()
     def generate():
         out = prefill()
         cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
@@ -141,11 +160,21 @@ def bench_torch(model, prompts: np.ndarray, new_tokens: int) -> dict:
             out = model(nxt, cache=cache, use_cache=True)
             cache, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
 
-    with torch.no_grad():
-        prefill()
-        warm_prefill = min(_timed(prefill) for _ in range(REPEATS))
-        warm_gen = min(_timed(generate) for _ in range(REPEATS))
-    return {"prefill_s": warm_prefill, "step_s": (warm_gen - warm_prefill) / (new_tokens - 1)}
+    prefill()
+    return {"prefill": prefill, "generate": generate}
+
+
+def bench_pair(lm, hf, prompts: np.ndarray, new_tokens: int) -> tuple[dict, dict]:
+    """Ours and the peer on the same prompts, their calls taking turns: (ours, peer) prefill_s, step_s."""
+    ours, compile_s = ours_calls(lm, prompts, new_tokens)
+    peer = torch_calls(hf, prompts, new_tokens)
+    best = alternating_best({("ours", k): f for k, f in ours.items()} | {("peer", k): f for k, f in peer.items()})
+    out = []
+    for side in ("ours", "peer"):
+        pre, gen = best[side, "prefill"], best[side, "generate"]
+        out.append({"prefill_s": pre, "step_s": (gen - pre) / (new_tokens - 1)})
+    out[0]["compile_s"] = compile_s
+    return out[0], out[1]
 
 
 def run(size: str, batches: list[int], prompt_len: int, new_tokens: int, root: Path, bw: float,
@@ -164,7 +193,7 @@ def run(size: str, batches: list[int], prompt_len: int, new_tokens: int, root: P
     rows = []
     for b in batches:
         prompts = np.random.default_rng(b).integers(3, lm.config.vocab_size, (b, prompt_len))
-        ours, ref = bench_ours(lm, prompts, new_tokens), bench_torch(hf, prompts, new_tokens)
+        ours, ref = bench_pair(lm, hf, prompts, new_tokens)
         limit_ms = rss["weight_bytes"] / (bw * 1e9) * 1e3  # every decode step reads all weights once
         gflop = prefill_gflop(lm.config, b, prompt_len)
         rows.append(
@@ -198,6 +227,28 @@ def cache_scaling(size: str, batches: list[int], lengths: list[int], root: Path)
     return rows
 
 
+def order_check(size: str, batches: list[int], prompt_len: int, root: Path, rounds: int = 2) -> list[str]:
+    """Prefill tok/s of each side timed in a block of REPEATS calls, then taking turns with pauses of 0.3 s and
+    2 s: if taking turns slowed one side (threads still spinning from the other's call), it would show here."""
+    import torch
+    import transformers
+    from pmg_models import llama
+
+    path = make_checkpoint(size, root)
+    lm = llama.load(path)
+    hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    rows = ["| model | batch | round | block ours / peer | turns, 0.3 s ours / peer | turns, 2 s ours / peer |",
+            "|---|---|---|---|---|---|"]
+    for b in batches:
+        prompts = np.random.default_rng(b).integers(3, lm.config.vocab_size, (b, prompt_len))
+        calls = {"ours": ours_calls(lm, prompts, 2)[0]["prefill"], "peer": torch_calls(hf, prompts, 2)["prefill"]}
+        for r in range(rounds):
+            block = {name: min(_timed(fn) for _ in range(REPEATS)) for name, fn in calls.items()}
+            turns = [alternating_best(calls, pause=pause) for pause in (0.3, 2.0)]
+            cells = [f"{b * prompt_len / t['ours']:.0f} / {b * prompt_len / t['peer']:.0f}" for t in [block] + turns]
+            rows.append(f"| {size} | {b} | {r + 1} | " + " | ".join(cells) + " |")
+    return rows
+
 HEADER = ("| model | batch | prefill tok/s ours | prefill tok/s torch | prefill speedup | "
           "prefill % of peak GEMM ours / torch | decode tok/s ours | "
           "decode tok/s torch | decode speedup | decode step ms / bandwidth floor ms | compile s | "
@@ -212,11 +263,19 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--append", type=Path, help="append the Markdown table to this file")
     p.add_argument("--cache-lengths", help="instead: ours' decode step ms for these KV-cache capacities, e.g. 128,256,512")
+    p.add_argument("--order-check", action="store_true",
+                   help="instead: prefill timed in blocks and taking turns, to see whether the order favours a side")
     p.add_argument("--load-rss", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     os.environ.setdefault("PMG_JIT", "1")
     if args.load_rss:
         print(json.dumps(load_rss(args.load_rss)))
+        return 0
+    if args.order_check:
+        with tempfile.TemporaryDirectory() as tmp:
+            for size in args.sizes.split(","):
+                print("\n".join(order_check(size, [int(b) for b in args.batches.split(",")], args.prompt_len,
+                                             Path(tmp))))
         return 0
     if args.cache_lengths:
         with tempfile.TemporaryDirectory() as tmp:
