@@ -4,9 +4,9 @@ Same run, same weights (a random HF checkpoint saved as safetensors), same promp
 Prefill = one prompt pass producing last-position logits (transformers: `logits_to_keep=1`, as
 `generate` does). Decode = per-token steps with a KV cache (transformers: DynamicCache + argmax loop).
 Each side's time is its best of REPEATS warm calls (so a slow call or two, from other tenants of the
-cores, does not decide a row), the two sides' calls taking turns (so a slow spell hits both). Compile time is the first call minus a warm call. Peak RSS while loading
-is measured in a fresh subprocess against the RSS just before the weights are read. Decode is also compared with the
-memory-bandwidth limit: weight bytes per step ÷ measured copy bandwidth, and prefill with the machine's
+cores, does not decide a row), the two sides' calls taking turns (so a slow spell hits both). Compile
+time is the first call minus a warm call. Peak RSS while loading is measured in a fresh subprocess
+against the RSS just before the weights are read. Decode is also compared with the memory-bandwidth limit: weight bytes per step ÷ measured copy bandwidth, and prefill with the machine's
 fp32 GEMM ceiling (the best of NumPy's BLAS and PyTorch on a 2048³ matmul, same run): the share of it
 each side reaches bounds what any speed-up over transformers can be.
 
@@ -177,17 +177,21 @@ def bench_pair(lm, hf, prompts: np.ndarray, new_tokens: int) -> tuple[dict, dict
     return out[0], out[1]
 
 
-def run(size: str, batches: list[int], prompt_len: int, new_tokens: int, root: Path, bw: float,
-        peak: float) -> list[str]:
+def load_both(path: Path) -> tuple:
+    """Ours and transformers' model from the same checkpoint."""
     import torch
     import transformers
     from pmg_models import llama
 
+    return llama.load(path), transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def run(size: str, batches: list[int], prompt_len: int, new_tokens: int, root: Path, bw: float,
+        peak: float) -> list[str]:
     path = make_checkpoint(size, root)
     rss = json.loads(subprocess.run([sys.executable, "-m", "bench.bench_llama", "--load-rss", str(path)],
                                     check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    lm = llama.load(path)
-    hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    lm, hf = load_both(path)
     weight_mb = rss["weight_bytes"] / 1e6
     rss_ratio = (rss["peak"] - rss["before"]) / rss["weight_bytes"]
     rows = []
@@ -230,13 +234,7 @@ def cache_scaling(size: str, batches: list[int], lengths: list[int], root: Path)
 def order_check(size: str, batches: list[int], prompt_len: int, root: Path, rounds: int = 2) -> list[str]:
     """Prefill tok/s of each side timed in a block of REPEATS calls, then taking turns with pauses of 0.3 s and
     2 s: if taking turns slowed one side (threads still spinning from the other's call), it would show here."""
-    import torch
-    import transformers
-    from pmg_models import llama
-
-    path = make_checkpoint(size, root)
-    lm = llama.load(path)
-    hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    lm, hf = load_both(make_checkpoint(size, root))
     rows = ["| model | batch | round | block ours / peer | turns, 0.3 s ours / peer | turns, 2 s ours / peer |",
             "|---|---|---|---|---|---|"]
     for b in batches:
@@ -244,10 +242,11 @@ def order_check(size: str, batches: list[int], prompt_len: int, root: Path, roun
         calls = {"ours": ours_calls(lm, prompts, 2)[0]["prefill"], "peer": torch_calls(hf, prompts, 2)["prefill"]}
         for r in range(rounds):
             block = {name: min(_timed(fn) for _ in range(REPEATS)) for name, fn in calls.items()}
-            turns = [alternating_best(calls, pause=pause) for pause in (0.3, 2.0)]
+            turns = [alternating_best(calls, pause=pause) for pause in (PAUSE_S, 2.0)]
             cells = [f"{b * prompt_len / t['ours']:.0f} / {b * prompt_len / t['peer']:.0f}" for t in [block] + turns]
             rows.append(f"| {size} | {b} | {r + 1} | " + " | ".join(cells) + " |")
     return rows
+
 
 HEADER = ("| model | batch | prefill tok/s ours | prefill tok/s torch | prefill speedup | "
           "prefill % of peak GEMM ours / torch | decode tok/s ours | "

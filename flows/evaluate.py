@@ -211,7 +211,7 @@ def taste_table(by: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
-def candidates_table(sweep_rows: list[dict]) -> list[str]:
+def candidates_table(sweep_rows: Sequence[dict]) -> list[str]:
     """The comparison with the baseline had fewer candidates been generated (E.candidate_sweep); none for K = 1."""
     counts = sorted({r["candidates"] for r in sweep_rows})
     by = {(r["candidates"], r["variant"]): r for r in sweep_rows}
@@ -243,7 +243,7 @@ def headline(summary: list[dict]) -> list[str]:
 
 
 def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Sequence[str], skipped: dict[str, str],
-                   notes: list[str], settings: dict, by_candidates: list[dict] = ()) -> Path:
+                   notes: list[str], settings: dict, by_candidates: Sequence[dict] = ()) -> Path:
     """summary.md: one table row per variant (skipped variants say why), then the notes and settings."""
     lines = [f"# PMG evaluation `{run_id}`", "",
              f"{settings['pairs']} held-out (user, target) pairs, {settings['candidates']} candidates per variant, "
@@ -275,7 +275,7 @@ def write_markdown(path: Path, run_id: str, summary: list[dict], variants: Seque
               "posters than the baseline's (the paper's personalization measure).", ""]
     lines += component_table(by)
     lines += taste_table(by)
-    lines += candidates_table(list(by_candidates))
+    lines += candidates_table(by_candidates)
     lines += ["## Notes", ""]
     lines += [f"- {n}" for n in notes]
     lines += ["", "## Settings", ""] + [f"- {k}: `{v}`" for k, v in settings.items()]
