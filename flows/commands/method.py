@@ -120,7 +120,7 @@ def cmd_evaluate(args) -> int:
     for line in headline(s["summary"]):
         print(f"  {line}")
     print(f"report: {s['markdown']}")
-    print(f"tables: {s['summary_csv']}, {s['results_csv']}")
+    print(f"tables: {s['summary_csv']}, {s['results_csv']}, {s['candidates_csv']}")
     print(f"plot:   {s['plot']}")
     if s.get("pairs_grid"):
         print(f"grid:   {s['pairs_grid']}  (per pair: target poster, each variant's selected image, history posters)")

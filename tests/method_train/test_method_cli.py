@@ -108,6 +108,7 @@ def test_train_then_evaluate_then_rerun(world, capsys):
     with Image.open(out_dir / "pairs.png") as sheet:   # 2 pairs × (target poster, 4 variants, 3 history posters)
         assert sheet.size[0] > sheet.size[1] > 0
     assert "grid:" in printed.out
+    assert "candidates.csv" in printed.out.split("tables:")[1].splitlines()[0]  # the by-candidates table is listed
     assert "  PMG (keywords + soft embeddings): d_p > baseline in " in printed.out  # the headline, per variant
     assert "of pairs, Δ d_t " in printed.out and "(in the user's taste: " in printed.out
     summary = list(csv.DictReader(open(out_dir / "summary.csv")))
